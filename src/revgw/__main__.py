@@ -1,0 +1,3 @@
+from revgw._cli import main
+
+main()

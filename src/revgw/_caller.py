@@ -1,0 +1,386 @@
+"""One caller's connection to the gateway's public port.
+
+Requests on it are served one at a time, in order (pipelined ones wait in
+the queue). For each: route by Host, take a tunnel connection, and let an
+Exchange carry the request and response. The common case runs entirely in
+protocol callbacks; only when the pool is empty does a task wait, in line,
+for a connection (``Tunnel.acquire``).
+
+::
+
+    READING --head--> WAITING --connection--> FORWARDING --response ends--> READING
+                         \\--------(one was free)------/                  \\-> CLOSING
+    FORWARDING --101--> UPGRADED (a raw splice owns both transports)
+    any --error answered, timeout, EOF--> CLOSING --> CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import anyio
+
+from ._address import peer_of
+from ._errors import HTTPError
+from ._exchange import Exchange
+from ._http import (
+    Body,
+    EndOfMessage,
+    RequestEvent,
+    RequestHead,
+    RequestReader,
+    Upgraded,
+    error_response,
+    render_request_head,
+)
+from ._splice import Splice
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
+    from ._pool import Tunnel
+    from ._tunnel_conn import TunnelConnection
+
+log = logging.getLogger("revgw.gateway")
+access_log = logging.getLogger("revgw.access")
+
+MAX_QUEUED_BYTES = 256 * 1024
+LINGER = 2.0
+
+
+class CallerState(enum.Enum):
+    READING = "reading"
+    WAITING = "waiting"
+    FORWARDING = "forwarding"
+    UPGRADED = "upgraded"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class CallerConnection(asyncio.Protocol):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.state = CallerState.READING
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.exchange: Exchange | None = None
+        self._reader = RequestReader(gateway.settings.max_header_bytes)
+        self._queue: deque[RequestEvent | HTTPError] = deque()
+        self._queued_bytes = 0
+        self._paused: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._wait_scope: anyio.CancelScope | None = None
+        self._caller_eof = False
+        self._pumping = False
+        self._served = 0
+
+    # --- the one place the state changes --------------------------------------------
+
+    def _move(self, state: CallerState, timeout: float | None = None) -> None:
+        self.state = state
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.state is CallerState.READING:
+            log.info("caller %s sent no complete request in time; closing", self.peer)
+            self._close_now()
+        elif self.state is CallerState.CLOSING:
+            self._close_now()
+
+    # --- asyncio callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = peer_of(transport.get_extra_info("peername"))
+        self.gateway.callers.add(self)
+        self._move(CallerState.READING, self.gateway.settings.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is CallerState.CLOSING:
+            return  # lingering after a final answer: the rest is discarded
+        try:
+            events: list[RequestEvent | HTTPError] = list(self._reader.feed(data))
+        except HTTPError as exc:
+            events = [exc]
+        if self.exchange is not None and not self._queue:
+            self._forward(events)
+        else:
+            self._queue.extend(events)
+            self._queued_bytes += len(data)
+            self._pump()
+        if self._queued_bytes > MAX_QUEUED_BYTES:
+            self.pause_reading("queue", True)
+
+    def eof_received(self) -> bool:
+        self._caller_eof = True
+        if self.state is CallerState.READING and not self._queue:
+            self._close_now()
+            return False
+        return True  # the answer in progress can still be written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._move(CallerState.CLOSED)
+        self.gateway.callers.discard(self)
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.caller_lost()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.caller_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.caller_paused(False)
+
+    # --- the request queue ----------------------------------------------------------------
+
+    def _forward(self, events: list[RequestEvent | HTTPError]) -> None:
+        """Hand the current request's body events to its exchange; queue the rest."""
+        exchange = self.exchange
+        assert exchange is not None
+        for index, event in enumerate(events):
+            if isinstance(event, Body):
+                exchange.send_body(event.data)
+            elif isinstance(event, EndOfMessage):
+                exchange.end_request()
+            elif isinstance(event, Upgraded):
+                exchange.send_raw(event.data)
+            else:  # the next request's head (pipelining) or an error: after this one
+                self._queue.extend(events[index:])
+                self.pause_reading("pipeline", True)
+                return
+
+    def _pump(self) -> None:
+        """Serve queued events as far as the current state allows.
+
+        Re-entry (an answer finishing inside the loop) just lets the running
+        loop continue, so a flood of pipelined requests cannot recurse.
+        """
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            self._pump_queue()
+        finally:
+            self._pumping = False
+
+    def _pump_queue(self) -> None:
+        while self._queue:
+            if self.exchange is not None:
+                event = self._queue[0]
+                if isinstance(event, RequestHead | HTTPError):
+                    self.pause_reading("pipeline", True)
+                    return
+                self._queue.popleft()
+                self._forward([event])
+                continue
+            if self.state is not CallerState.READING:
+                return
+            event = self._queue.popleft()
+            if isinstance(event, HTTPError):
+                log.warning("caller %s: %d %s", self.peer, event.status, event)
+                self._answer(event, None)
+            elif isinstance(event, RequestHead):
+                self._dispatch(event, attempt=1)
+            # a stray Body/End here belongs to a request already answered: skip it
+        self._queued_bytes = 0
+        self.pause_reading("queue", False)
+
+    def pause_reading(self, reason: str, paused: bool) -> None:
+        """Reading stops while any reason holds: backpressure, pipelining, queue size."""
+        before = bool(self._paused)
+        if paused:
+            self._paused.add(reason)
+        else:
+            self._paused.discard(reason)
+        transport = self.transport
+        if transport is None or transport.is_closing() or before == bool(self._paused):
+            return
+        if self._paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    # --- one request -----------------------------------------------------------------------
+
+    def _dispatch(self, head: RequestHead, attempt: int) -> None:
+        self._move(CallerState.WAITING)
+        started = time.monotonic()
+        try:
+            tunnel = self.gateway.registry.route(head.host)
+        except HTTPError as exc:
+            self._answer(exc, head, started)
+            return
+        conn = tunnel.take()
+        if conn is not None:
+            self._begin(head, conn, attempt, started)
+        elif not tunnel.online:
+            self._answer(tunnel.offline_error(), head, started)
+        else:
+            self.gateway.task_group.start_soon(self._wait_for_connection, head, tunnel, attempt)
+
+    async def _wait_for_connection(
+        self, head: RequestHead, tunnel: Tunnel[TunnelConnection], attempt: int
+    ) -> None:
+        started = time.monotonic()
+        with anyio.CancelScope() as scope:
+            self._wait_scope = scope
+            try:
+                while True:
+                    conn = await tunnel.acquire(self.gateway.settings.pool_wait)
+                    if conn.usable:  # it may have closed between hand-over and now
+                        break
+            except HTTPError as exc:
+                self._wait_scope = None
+                self._answer(exc, head, started)
+                return
+            self._wait_scope = None
+            self._begin(head, conn, attempt, started)
+            return
+        # Cancelled: the caller left while waiting (or the gateway is stopping).
+
+    def _begin(
+        self, head: RequestHead, conn: TunnelConnection, attempt: int, started: float
+    ) -> None:
+        self._move(CallerState.FORWARDING)
+        exchange = Exchange(self, conn, head, attempt)
+        exchange.started = started
+        self.exchange = exchange
+        caller_ip = self.peer.rpartition(":")[0].strip("[]")
+        exchange.start(render_request_head(head, caller_ip))
+        self._pump()
+
+    # --- called by the exchange --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
+        self.exchange = None
+        self._log_access(exchange.head, exchange.response.status, exchange.started, exchange)
+        self._next_or_close(keep_alive)
+
+    def exchange_failed(self, exchange: Exchange, error: HTTPError) -> None:
+        self.exchange = None
+        log.warning("[%s] %d for %s: %s", exchange.conn.name, error.status, self.peer, error)
+        self._answer(error, exchange.head, exchange.started, exchange)
+
+    def exchange_retry(self, exchange: Exchange) -> None:
+        self.exchange = None
+        self._move(CallerState.READING)
+        self._dispatch(exchange.head, attempt=exchange.attempt + 1)
+
+    def exchange_upgraded(self, exchange: Exchange) -> None:
+        """101: from now on a raw splice owns both transports."""
+        assert self.transport is not None
+        self.exchange = None
+        self._log_access(exchange.head, 101, exchange.started, exchange)
+        self._move(CallerState.UPGRADED)
+        self.gateway.callers.discard(self)
+        pending = b"".join(e.data for e in self._queue if isinstance(e, Upgraded))
+        self._queue.clear()
+        splice = Splice()
+        tunnel_transport = exchange.conn.detach()
+        Splice.adopt(splice.b, tunnel_transport)
+        Splice.adopt(splice.a, self.transport)
+        if pending:
+            tunnel_transport.write(pending)
+        for transport in (self.transport, tunnel_transport):
+            transport.resume_reading()
+
+    def abort(self) -> None:
+        """A response was cut short: the caller must see a broken connection, not an end."""
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- answers and endings -------------------------------------------------------------------
+
+    def _answer(
+        self,
+        error: HTTPError,
+        head: RequestHead | None,
+        started: float | None = None,
+        exchange: Exchange | None = None,
+    ) -> None:
+        """Answer with the gateway's own error response, keeping the connection if we can.
+
+        A request's unread body need not stop keep-alive: its events reach
+        ``_pump`` with no exchange and are dropped there. A malformed request
+        (``head`` is None) leaves the parser unusable, so that closes.
+        """
+        keep_alive = head is not None and head.keep_alive and not head.upgrade
+        self.write(error_response(error, keep_alive))
+        if head is not None:
+            self._log_access(head, error.status, started, exchange)
+        self._next_or_close(keep_alive)
+
+    def _next_or_close(self, keep_alive: bool) -> None:
+        self._served += 1
+        if keep_alive and not self._caller_eof:
+            self._move(CallerState.READING, self.gateway.settings.idle_timeout)
+            self.pause_reading("pipeline", False)
+            self._pump()
+            return
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after the answer is written, reading and dropping what the caller still sends.
+
+        Closing with unread bytes would make the kernel reset the connection,
+        which can destroy the answer before the caller reads it.
+        """
+        self._queue.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._paused.clear()
+        self._move(CallerState.CLOSING, LINGER)
+        if self._caller_eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+
+    def _close_now(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _log_access(
+        self,
+        head: RequestHead,
+        status: int,
+        started: float | None,
+        exchange: Exchange | None,
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        elapsed = (time.monotonic() - started) * 1000 if started is not None else 0.0
+        via = f"[{exchange.conn.name}] " if exchange is not None else ""
+        size = exchange.response.sent_bytes if exchange is not None else 0
+        access_log.info(
+            '%s%s "%s %s HTTP/%s" %d %dB %.1fms',
+            via,
+            self.peer,
+            head.method.decode("latin-1"),
+            head.target.decode("latin-1")[:200],
+            head.version,
+            status,
+            size,
+            elapsed,
+        )

@@ -1,0 +1,371 @@
+"""The client: keeps a pool of pre-dialled connections at the gateway.
+
+Every connection that crosses the NAT is dialled from here, ahead of need.
+Each one authenticates, then idles at the gateway answering PINGs. When the
+gateway writes ``START`` it has paired the connection with a caller: this
+side dials the private server, splices the two, and tells the keeper, which
+dials a replacement at once so the idle count stays where the user set it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, cast
+
+import anyio
+from anyio.abc import TaskGroup
+
+from . import _handshake as hs
+from ._address import Address, parse_address
+from ._errors import AccessDenied, ProtocolError, UpstreamUnreachable
+from ._http import error_response
+from ._settings import ClientSettings
+from ._splice import Splice
+from ._util import unwrap_group
+
+log = logging.getLogger("revgw.client")
+
+
+class LinkState(enum.Enum):
+    HANDSHAKE = "handshake"
+    IDLE = "idle"
+    PAIRED = "paired"
+    CLOSED = "closed"
+
+
+class TunnelLink(asyncio.Protocol):
+    """One pooled connection, client side: handshake, idle, then a splice."""
+
+    def __init__(self, keeper: Keeper, number: int) -> None:
+        self.keeper = keeper
+        self.name = f"{keeper.settings.tunnel}#{number}"
+        self.state = LinkState.HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reader = hs.LineReader()
+        self._challenge: hs.Challenge | None = None
+        self._hello: hs.Hello | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._pending = b""
+
+    def _move(self, state: LinkState) -> None:
+        """The one place a link changes state."""
+        log.debug("[%s] %s -> %s", self.name, self.state.value, state.value)
+        self.state = state
+        if state is not LinkState.IDLE and self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if state in (LinkState.PAIRED, LinkState.CLOSED):
+            self.keeper.lost_idle(self)
+        self.keeper.idle_changed()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while self.state in (LinkState.HANDSHAKE, LinkState.IDLE):
+                line = self._reader.next_line()
+                if line is None:
+                    return
+                if self.state is LinkState.HANDSHAKE:
+                    self._handshake(line)
+                else:
+                    self._idle(line)
+        except (ProtocolError, AccessDenied) as exc:
+            self._fail(exc)
+
+    def _handshake(self, line: bytes) -> None:
+        settings = self.keeper.settings
+        assert self.transport is not None and settings.token
+        if self._challenge is None:
+            self._challenge = hs.parse_challenge(line)
+            self._hello = hs.make_hello(
+                settings.token, self._challenge, settings.tunnel, settings.client_id, settings.host
+            )
+            self.transport.write(self._hello.line())
+            return
+        assert self._hello is not None
+        hs.check_verdict(settings.token, self._challenge, self._hello, line)
+        self._move(LinkState.IDLE)
+        self._arm_watchdog()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _idle(self, line: bytes) -> None:
+        assert self.transport is not None
+        if line == b"PING":
+            self.transport.write(hs.PONG)
+            self._arm_watchdog()
+        elif line.startswith(b"START"):
+            caller = line[6:].decode("ascii", "replace") or "unknown"
+            self._pending = self._reader.take_rest()
+            self.transport.pause_reading()
+            self._move(LinkState.PAIRED)
+            self.keeper.task_group.start_soon(self._connect_target, caller)
+        else:
+            raise ProtocolError(f"unexpected line from the gateway while idle: {line[:40]!r}")
+
+    def _arm_watchdog(self) -> None:
+        """Re-dial if the gateway goes quiet: a vanished host sends no FIN."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        assert self._challenge is not None
+        silence = 3 * self._challenge.heartbeat + 1
+        self._watchdog = asyncio.get_running_loop().call_later(silence, self._silent, silence)
+
+    def _silent(self, silence: float) -> None:
+        log.warning("[%s] no PING from the gateway for %g s; re-dialling", self.name, silence)
+        self.close()
+
+    async def _connect_target(self, caller: str) -> None:
+        settings = self.keeper.settings
+        target = self.keeper.target
+        loop = asyncio.get_running_loop()
+        splice = Splice()
+        try:
+            with anyio.fail_after(settings.dial_timeout):
+                await loop.create_connection(lambda: splice.b, target.host, target.port)
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            log.warning(
+                "[%s] cannot reach the private server %s (%s); answering 502",
+                self.name,
+                settings.target,
+                reason,
+            )
+            self._answer_unreachable(reason)
+            return
+        if self.state is LinkState.CLOSED or self.transport is None:
+            splice.close()
+            return
+        log.info("[%s] paired: caller %s -> %s", self.name, caller, settings.target)
+        Splice.adopt(splice.a, self.transport, self._pending)
+        self._pending = b""
+        self.transport.resume_reading()
+
+    def _answer_unreachable(self, reason: str) -> None:
+        """Tell the caller where the chain broke, then let the gateway close."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        error = UpstreamUnreachable(
+            f"the revgw client could not connect to the private server "
+            f"{self.keeper.settings.target}: {reason}"
+        )
+        self.transport.write(error_response(error, keep_alive=False))
+        self.transport.set_protocol(_Drain(self.transport))
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+        else:
+            log.warning("[%s] %s; closing", self.name, exc)
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        if self.state is LinkState.HANDSHAKE and not self.ready.done():
+            self.ready.set_exception(
+                ProtocolError(
+                    "the gateway closed the connection during the handshake "
+                    "(is this its tunnel port, and is the gateway overloaded?)"
+                )
+            )
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(exc or ConnectionResetError("connection closed"))
+        if self.state is not LinkState.CLOSED and self.state is not LinkState.PAIRED:
+            self._move(LinkState.CLOSED)
+        self.state = LinkState.CLOSED
+
+
+class _Drain(asyncio.Protocol):
+    """After answering 502 ourselves: discard what the gateway still sends, close at EOF.
+
+    Closing with unread bytes would reset the connection and could destroy
+    the answer before the gateway reads it.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._timer = asyncio.get_running_loop().call_later(10, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+
+
+class Keeper:
+    """Keeps ``pool`` idle connections at one gateway address, re-dialling as needed."""
+
+    def __init__(self, settings: ClientSettings, gateway: Address, task_group: TaskGroup) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.target = parse_address(settings.target)
+        self.task_group = task_group
+        self.links: set[TunnelLink] = set()
+        self._changed = anyio.Event()
+        self._idle_event = anyio.Event()
+        self._count = 0
+        self._dialled_once = False
+
+    @property
+    def idle_count(self) -> int:
+        return sum(1 for link in self.links if link.state is LinkState.IDLE)
+
+    def idle_changed(self) -> None:
+        self._idle_event.set()
+        self._idle_event = anyio.Event()
+
+    async def wait_idle_change(self) -> None:
+        await self._idle_event.wait()
+
+    def lost_idle(self, link: TunnelLink) -> None:
+        """A link stopped being idle (paired or closed): dial a replacement."""
+        if link in self.links:
+            self.links.discard(link)
+            self._changed.set()
+
+    async def run(self) -> None:
+        """Fill the pool for ever; return only by raising AccessDenied."""
+        failures = 0
+        while True:
+            missing = self.settings.pool - len(self.links)
+            if missing <= 0:
+                await self._changed.wait()
+                self._changed = anyio.Event()
+                continue
+            errors = await self._dial_many(missing)
+            denied = [e for e in errors if isinstance(e, AccessDenied)]
+            if denied:
+                raise denied[0]
+            if not errors:
+                if failures or not self._dialled_once:
+                    log.info(
+                        "connected to gateway %s: tunnel '%s', %d idle connections",
+                        self.gateway,
+                        self.settings.tunnel,
+                        self.idle_count,
+                    )
+                failures = 0
+                self._dialled_once = True
+                continue
+            failures += 1
+            delay = min(self.settings.max_backoff, 0.1 * 2**failures)
+            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: clients spread out
+            log.warning(
+                "gateway %s: %s; retrying in %.1f s", self.gateway, _describe(errors[0]), delay
+            )
+            await anyio.sleep(delay)
+
+    async def _dial_many(self, count: int) -> list[Exception]:
+        errors: list[Exception] = []
+
+        async def dial_one() -> None:
+            try:
+                await self._dial()
+            except (OSError, ProtocolError, AccessDenied, TimeoutError) as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(count):
+                tg.start_soon(dial_one)
+        return errors
+
+    async def _dial(self) -> None:
+        self._count += 1
+        loop = asyncio.get_running_loop()
+        link = TunnelLink(self, self._count)
+        try:
+            with anyio.fail_after(self.settings.dial_timeout):
+                await loop.create_connection(lambda: link, self.gateway.host, self.gateway.port)
+                self.links.add(link)
+                await link.ready
+        except BaseException:
+            self.links.discard(link)
+            link.close()
+            raise
+        log.debug("[%s] ready at %s", link.name, self.gateway)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class Client:
+    """Serve one tunnel from behind NAT: an async context manager.
+
+    ``async with Client(gateway="gw.example.com:9001", target="127.0.0.1:8080",
+    token=...)`` starts filling the pool on enter and closes every connection
+    on exit. If the gateway denies the token, the body is cancelled and
+    AccessDenied is raised from the ``async with``.
+    """
+
+    def __init__(self, settings: ClientSettings | None = None, /, **overrides: Any) -> None:
+        self.settings = replace(settings, **overrides) if settings else ClientSettings(**overrides)
+        self._stack: AsyncExitStack | None = None
+        self.keepers: list[Keeper] = []
+
+    async def __aenter__(self) -> Client:
+        stack = AsyncExitStack()
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        self.keepers = [Keeper(self.settings, parse_address(self.settings.gateway), task_group)]
+        for keeper in self.keepers:
+            task_group.start_soon(keeper.run)
+        stack.callback(self._close_links)
+        stack.callback(task_group.cancel_scope.cancel)
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._stack is not None
+        with unwrap_group():
+            await self._stack.__aexit__(exc_type, exc, tb)
+
+    def _close_links(self) -> None:
+        for keeper in self.keepers:
+            for link in list(keeper.links):
+                link.close()
+
+    @property
+    def idle_count(self) -> int:
+        """Connections now idle at the gateway, ready for a request."""
+        return sum(keeper.idle_count for keeper in self.keepers)
+
+    async def wait_ready(self, count: int | None = None) -> None:
+        """Wait until ``count`` (default: the whole pool) connections are idle."""
+        wanted = self.settings.pool if count is None else count
+        while self.idle_count < wanted:
+            await self.keepers[0].wait_idle_change()
+
+    async def run(self) -> None:
+        """Serve until cancelled (the CLI's way); raises AccessDenied on denial."""
+        async with self:
+            await anyio.sleep_forever()

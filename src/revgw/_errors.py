@@ -1,0 +1,76 @@
+"""revgw's exceptions: one tree, each HTTP-facing leaf knowing its status.
+
+Errors from anyio, asyncio and the OS are turned into these at the boundary
+where they happen (``raise ... from exc``), so callers only ever handle ours.
+"""
+
+from __future__ import annotations
+
+
+class RevgwError(Exception):
+    """Base of every error revgw raises on purpose."""
+
+
+class ConfigError(RevgwError, ValueError):
+    """A setting has a value revgw cannot use (bad address, pool < 1, ...)."""
+
+
+# --- the tunnel protocol ---------------------------------------------------
+
+
+class ProtocolError(RevgwError):
+    """The peer on a tunnel connection broke the revgw wire protocol."""
+
+
+class AccessDenied(RevgwError):
+    """The gateway refused this client's handshake (wrong token, taken host, ...).
+
+    Retrying with the same settings cannot help, so the client stops.
+    """
+
+
+# --- failures an HTTP caller sees ------------------------------------------
+
+
+class HTTPError(RevgwError):
+    """A failure the gateway answers with an HTTP status.
+
+    ``code`` goes into the ``X-Revgw-Error`` header so that programs can tell
+    failures apart without parsing the text; ``str(error)`` is the body.
+    """
+
+    status: int = 500
+    code: str = "internal-error"
+    retry_after: int | None = None
+
+
+class BadRequest(HTTPError):
+    status, code = 400, "bad-request"
+
+
+class NoTunnel(HTTPError):
+    status, code = 404, "no-tunnel"
+
+
+class HeadersTooLarge(HTTPError):
+    status, code = 431, "headers-too-large"
+
+
+class UpstreamUnreachable(HTTPError):
+    status, code = 502, "upstream-unreachable"
+
+
+class BadUpstreamResponse(HTTPError):
+    status, code = 502, "bad-upstream-response"
+
+
+class TunnelOffline(HTTPError):
+    status, code, retry_after = 503, "tunnel-offline", 5
+
+
+class PoolTimeout(HTTPError):
+    status, code, retry_after = 503, "no-free-connection", 1
+
+
+class UpstreamTimeout(HTTPError):
+    status, code = 504, "upstream-timeout"

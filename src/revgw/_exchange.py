@@ -1,0 +1,206 @@
+"""One request and its response, between a caller and a tunnel connection.
+
+The request head is rewritten (hop-by-hop headers out, X-Forwarded-* in);
+its body and the whole response pass through as bytes. The sans-IO
+ResponseReader only watches the response go by, so the exchange knows when
+it ends, whether the tunnel connection can stay warm, and, while no byte has
+reached the caller yet, whether to answer 502/504 instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ._errors import BadUpstreamResponse, HTTPError, UpstreamTimeout
+from ._http import LAST_CHUNK, RequestHead, ResponseReader, ResponseState, encode_chunk
+
+if TYPE_CHECKING:
+    from ._caller import CallerConnection
+    from ._tunnel_conn import TunnelConnection
+
+log = logging.getLogger("revgw.gateway")
+
+# Methods that change nothing when repeated (RFC 9110 9.2.2): safe to retry
+# on another connection if the first one died before answering.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class ExchangeState(enum.Enum):
+    SENDING = "sending"  # request head and maybe body going out
+    AWAITING = "awaiting"  # request sent, waiting for the response head
+    RECEIVING = "receiving"  # response flowing back
+    DONE = "done"
+
+
+class Exchange:
+    def __init__(
+        self,
+        caller: CallerConnection,
+        conn: TunnelConnection,
+        head: RequestHead,
+        attempt: int,
+    ) -> None:
+        self.caller = caller
+        self.conn = conn
+        self.head = head
+        self.attempt = attempt
+        self.state = ExchangeState.SENDING
+        self.response = ResponseReader(head.method)
+        self.started = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._heard_back = False  # any byte at all from the tunnel connection
+
+    def start(self, rendered_head: bytes) -> None:
+        self.conn.pair(self, rendered_head, self.caller.peer)
+
+    # --- request side, driven by the caller connection -------------------------------
+
+    def send_body(self, data: bytes) -> None:
+        if self.state is ExchangeState.SENDING:
+            self.conn.write(encode_chunk(data) if self.head.chunked else data)
+
+    def end_request(self) -> None:
+        if self.state is not ExchangeState.SENDING:
+            return
+        if self.head.chunked:
+            self.conn.write(LAST_CHUNK)
+        self.state = ExchangeState.AWAITING
+        timeout = self.caller.gateway.settings.upstream_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._too_slow, timeout)
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes after an upgrade request: the server may read them once it switches."""
+        self.conn.write(data)
+
+    # --- response side, driven by the tunnel connection ------------------------------
+
+    def upstream_data(self, data: bytes) -> None:
+        if self.state is ExchangeState.DONE:
+            return
+        self._heard_back = True
+        try:
+            out = self.response.feed(data)
+        except BadUpstreamResponse as exc:
+            self._fail(exc)
+            return
+        if out:
+            self._received()
+            self.caller.write(out)
+        state = self.response.state
+        if state is ResponseState.DONE:
+            self._finish()
+        elif state is ResponseState.UPGRADED:
+            self._finish(upgraded=True)
+
+    def upstream_eof(self) -> None:
+        if self.state is ExchangeState.DONE:
+            return
+        try:
+            self.response.feed_eof()
+        except BadUpstreamResponse as exc:
+            self._fail(exc, died=not self._heard_back)
+            return
+        self._finish()
+
+    def upstream_lost(self) -> None:
+        if self.state is not ExchangeState.DONE:
+            self._fail(
+                BadUpstreamResponse(
+                    "the tunnel connection closed before the private server's response ended"
+                ),
+                died=not self._heard_back,
+            )
+
+    def upstream_paused(self, paused: bool) -> None:
+        self.caller.pause_reading("upstream", paused)
+
+    def caller_paused(self, paused: bool) -> None:
+        transport = self.conn.transport
+        if transport is None or transport.is_closing():
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def caller_lost(self) -> None:
+        """The caller went away mid-exchange: the tunnel connection cannot be reused."""
+        if self.state is not ExchangeState.DONE:
+            self._end()
+            self.conn.close()
+
+    # --- endings --------------------------------------------------------------------
+
+    def _received(self) -> None:
+        if self.state is not ExchangeState.RECEIVING:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.state = ExchangeState.RECEIVING
+
+    def _too_slow(self, timeout: float) -> None:
+        self._timer = None
+        if self.state is ExchangeState.AWAITING:
+            self._fail(
+                UpstreamTimeout(
+                    f"the private server behind tunnel '{self.caller_tunnel}' did not answer "
+                    f"within {timeout:g} s"
+                )
+            )
+
+    @property
+    def caller_tunnel(self) -> str:
+        tunnel = self.conn.tunnel
+        return tunnel.name if tunnel is not None else "?"
+
+    def _end(self) -> None:
+        self.state = ExchangeState.DONE
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _finish(self, upgraded: bool = False) -> None:
+        request_done = self.state is not ExchangeState.SENDING
+        self._end()
+        if upgraded:
+            self.caller.exchange_upgraded(self)
+            return
+        reusable = self.response.reusable and request_done and self.head.version == "1.1"
+        self.conn.release(reusable)
+        keep_alive = (
+            self.head.keep_alive
+            and self.response.keep_alive
+            and request_done
+            and not self.head.upgrade
+        )
+        self.caller.exchange_done(self, keep_alive)
+
+    def _fail(self, error: HTTPError, died: bool = False) -> None:
+        """Before any byte reached the caller: retry or answer; after: cut the caller off.
+
+        ``died``: the tunnel connection ended without a single byte back. Only
+        then is a retry safe; a garbage answer or a timeout is the server's own
+        doing, and resending would repeat it.
+        """
+        nothing_sent = self.response.sent_bytes == 0
+        self._end()
+        self.conn.close()
+        if nothing_sent and died and self._retryable():
+            log.info(
+                "[%s] tunnel connection failed before answering (%s); retrying once",
+                self.conn.name,
+                error,
+            )
+            self.caller.exchange_retry(self)
+        elif nothing_sent:
+            self.caller.exchange_failed(self, error)
+        else:
+            log.warning("[%s] response cut short: %s", self.conn.name, error)
+            self.caller.abort()
+
+    def _retryable(self) -> bool:
+        return self.attempt == 1 and self.head.method in IDEMPOTENT and not self.head.has_body

@@ -1,0 +1,131 @@
+"""The gateway: a public HTTP port for callers, a tunnel port for clients.
+
+It never dials anyone. Clients dial the tunnel port ahead of need; each
+request on the public port is paired with one of those connections for
+exactly the time of that request and its response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._address import parse_address, peer_of
+from ._caller import CallerConnection
+from ._errors import ConfigError
+from ._pool import Registry
+from ._settings import GatewaySettings
+from ._tunnel_conn import TunnelConnection
+from ._util import unwrap_group
+
+log = logging.getLogger("revgw.gateway")
+
+
+class Gateway:
+    """Run a gateway: an async context manager.
+
+    ``async with Gateway(listen="0.0.0.0:9000", token=...) as gw:`` binds
+    both ports on enter (``gw.address`` and ``gw.tunnel_address`` tell where,
+    also when port 0 was asked) and closes every connection on exit. Without
+    a token one is generated: read it from ``gw.token``. Raises ConfigError
+    on enter if a port cannot be bound.
+    """
+
+    def __init__(self, settings: GatewaySettings | None = None, /, **overrides: Any) -> None:
+        self.settings = replace(settings, **overrides) if settings else GatewaySettings(**overrides)
+        self.token: str = self.settings.token or secrets.token_urlsafe(24)
+        self.registry: Registry[TunnelConnection] = Registry(
+            self.settings.default_tunnel, self.settings.max_warm
+        )
+        self.callers: set[CallerConnection] = set()
+        self.tunnel_conns: set[TunnelConnection] = set()
+        self.address = ""
+        self.tunnel_address = ""
+        self._task_group: TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+        self._conn_count = 0
+
+    @property
+    def task_group(self) -> TaskGroup:
+        assert self._task_group is not None, "the gateway is not running"
+        return self._task_group
+
+    def __repr__(self) -> str:
+        tunnels = ", ".join(repr(t) for t in self.registry.tunnels.values())
+        return f"<Gateway {self.address} tunnels=[{tunnels}] callers={len(self.callers)}>"
+
+    async def __aenter__(self) -> Gateway:
+        stack = AsyncExitStack()
+        try:
+            self._task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._task_group.cancel_scope.cancel)
+            loop = asyncio.get_running_loop()
+            public = await _serve(loop, lambda: CallerConnection(self), self.settings.listen)
+            stack.push_async_callback(_close_server, public)
+            tunnel = await _serve(loop, self._new_tunnel_conn, self.settings.tunnel_listen)
+            stack.push_async_callback(_close_server, tunnel)
+            stack.callback(self._close_connections)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self.address = peer_of(public.sockets[0].getsockname())
+        self.tunnel_address = peer_of(tunnel.sockets[0].getsockname())
+        self._stack = stack
+        log.info(
+            "gateway listening: callers on %s, tunnel clients on %s",
+            self.address,
+            self.tunnel_address,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._stack is not None
+        with unwrap_group():
+            await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def run(self) -> None:
+        """Serve until cancelled (the CLI's way)."""
+        async with self:
+            await anyio.sleep_forever()
+
+    def _new_tunnel_conn(self) -> TunnelConnection:
+        self._conn_count += 1
+        conn = TunnelConnection(self, self._conn_count)
+        self.tunnel_conns.add(conn)
+        return conn
+
+    def _close_connections(self) -> None:
+        for conn in list(self.tunnel_conns):
+            conn.close()
+        for caller in list(self.callers):
+            if caller.transport is not None:
+                caller.transport.close()
+
+
+async def _serve(loop: asyncio.AbstractEventLoop, factory: Any, address: str) -> asyncio.Server:
+    host, port = parse_address(address)
+    try:
+        return await loop.create_server(factory, host or None, port, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    # Server.wait_closed() also waits for every connection (Python 3.12+), which
+    # we close ourselves; a bounded wait keeps shutdown prompt either way.
+    with anyio.move_on_after(1):
+        await server.wait_closed()

@@ -1,0 +1,360 @@
+"""HTTP/1.1 framing, sans-IO: httptools parses, these classes decide.
+
+The gateway never needs a full HTTP model. It needs to know, for each request,
+where it is going (``Host``), how its body is framed and whether the caller
+wants to keep the connection; and for each response, whether its head is valid
+HTTP (else ``502``), when it ends, and whether the tunnel connection may carry
+another request afterwards. Bodies pass through as bytes.
+
+httptools calls back into these objects; the callbacks only record. Nothing
+here touches a socket, so tests feed bytes whole, byte by byte, or as garbage.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from http import HTTPStatus
+
+import httptools
+
+from ._errors import BadRequest, BadUpstreamResponse, HeadersTooLarge, HTTPError
+
+MAX_HEAD_BYTES = 32 * 1024
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
+# Hop-by-hop headers (RFC 9110 7.6.1) are about one connection, not the
+# message: the gateway drops them and speaks for its own two connections.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# The gateway says who called; a caller cannot say it for itself.
+FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded"}
+)
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    host: str
+    keep_alive: bool
+    upgrade: bool
+    chunked: bool
+    content_length: int | None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(slots=True)
+class Body:
+    data: bytes
+
+
+@dataclass(slots=True)
+class EndOfMessage:
+    pass
+
+
+@dataclass(slots=True)
+class Upgraded:
+    """Bytes after an upgrade request's head: no longer HTTP, passed on raw."""
+
+    data: bytes
+
+
+RequestEvent = RequestHead | Body | EndOfMessage | Upgraded
+END = EndOfMessage()
+
+
+def _split_host(value: bytes) -> str:
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+class RequestReader:
+    """Turn a caller's bytes into request events; raise BadRequest or HeadersTooLarge.
+
+    One reader serves one caller connection, so pipelined requests come out in
+    order. After an upgrade request every later byte comes out as ``Upgraded``.
+    """
+
+    def __init__(self, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._max_head = max_head_bytes
+        self._events: list[RequestEvent] = []
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0  # sizes of the parts parsed so far (exact)
+        self._head_raw = 0  # raw bytes of a head spanning several feeds
+        self._in_head = False
+        self._upgraded = False
+
+    def feed(self, data: bytes) -> list[RequestEvent]:
+        if self._upgraded:
+            return [Upgraded(data)]
+        head_in_progress = self._in_head
+        events = self._events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded = True
+            offset = exc.args[0]
+            events.append(Upgraded(data[offset:]))
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, HTTPError):
+                raise exc.__context__ from None
+            raise BadRequest(f"malformed request: {exc}") from None
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, HTTPError):
+                raise exc.__context__ from None
+            raise BadRequest(f"malformed request: {exc}") from None
+        if head_in_progress and self._in_head:
+            # All of ``data`` was head, and maybe one endless header line that
+            # the per-header count in ``_grow`` has not seen yet.
+            self._head_raw += len(data)
+            if self._head_raw > self._max_head + 4096:
+                raise HeadersTooLarge(f"request head larger than {self._max_head} bytes")
+        return events
+
+    # httptools callbacks: record only.
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._head_raw = 0
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._grow(len(name) + len(value) + 4)
+
+    def _grow(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > self._max_head:
+            raise HeadersTooLarge(f"request head larger than {self._max_head} bytes")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        method: bytes = parser.get_method()
+        if method == b"CONNECT":
+            raise BadRequest("CONNECT is not supported: revgw is a reverse proxy")
+        version: str = parser.get_http_version()
+        host = b""
+        chunked = False
+        content_length: int | None = None
+        for name, value in self._headers:
+            lower = name.lower()
+            if lower == b"host":
+                host = value
+            elif lower == b"transfer-encoding":
+                chunked = value.strip().lower().endswith(b"chunked")
+            elif lower == b"content-length":
+                content_length = int(value)
+        if not host and version == "1.1":
+            raise BadRequest("HTTP/1.1 request without a Host header")
+        self._events.append(
+            RequestHead(
+                method=method,
+                target=self._url,
+                version=version,
+                headers=self._headers,
+                host=_split_host(host),
+                keep_alive=parser.should_keep_alive(),
+                upgrade=parser.should_upgrade(),
+                chunked=chunked,
+                content_length=content_length,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(bytes(body)))
+
+    def on_message_complete(self) -> None:
+        self._events.append(END)
+
+
+def render_request_head(head: RequestHead, caller_ip: str, proto: str = "http") -> bytes:
+    """The head the gateway sends on: hop-by-hop headers dropped, X-Forwarded-* set."""
+    named_in_connection: set[bytes] = set()
+    for name, value in head.headers:
+        if name.lower() == b"connection":
+            named_in_connection.update(v.strip().lower() for v in value.split(b","))
+    lines = [b"%s %s HTTP/%s" % (head.method, head.target, head.version.encode())]
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in FORWARDING or lower in named_in_connection:
+            if lower == b"upgrade" and head.upgrade:
+                lines.append(b"Upgrade: " + value)
+            continue
+        lines.append(name + b": " + value)
+    if head.upgrade:
+        lines.append(b"Connection: upgrade")
+    elif head.version == "1.0":
+        lines.append(b"Connection: close")
+    if head.chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    lines.append(b"X-Forwarded-For: " + caller_ip.encode())
+    if head.host:
+        lines.append(b"X-Forwarded-Host: " + head.host.encode())
+    lines.append(b"X-Forwarded-Proto: " + proto.encode())
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ResponseState(enum.Enum):
+    HEAD = "head"  # no final status line and headers yet: nothing forwarded
+    BODY = "body"  # forwarding the body
+    DONE = "done"  # the response has ended
+    UPGRADED = "upgraded"  # 101: every later byte is a raw stream
+
+
+class ResponseReader:
+    """Frame one response from the private server to one request.
+
+    ``feed`` returns the bytes to pass to the caller now. Until the final head
+    is complete it returns nothing (a garbage answer can still become a 502);
+    1xx interim responses are passed on at once, so ``100-continue`` works.
+    httptools is not told the request method, so a response to ``HEAD`` is
+    ended here, at its head.
+    """
+
+    def __init__(
+        self, request_method: bytes, max_head_bytes: int = MAX_RESPONSE_HEAD_BYTES
+    ) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._is_head_request = request_method == b"HEAD"
+        self._max_head = max_head_bytes
+        self._held = bytearray()
+        self._flush_held = False
+        self.state = ResponseState.HEAD
+        self.status = 0
+        self.keep_alive = False
+        self.close_delimited = False
+        self.trailing_garbage = False
+        self.sent_bytes = 0
+        self._framed = False
+
+    @property
+    def reusable(self) -> bool:
+        """May the connection carry another request once this response is done?"""
+        return self.state is ResponseState.DONE and self.keep_alive and not self.trailing_garbage
+
+    def feed(self, data: bytes) -> bytes:
+        state = self.state
+        if state is ResponseState.UPGRADED:
+            return data
+        if state is ResponseState.DONE:
+            self.trailing_garbage = True
+            return b""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.state = ResponseState.UPGRADED
+        except httptools.HttpParserError as exc:
+            if self.state is ResponseState.DONE:
+                self.trailing_garbage = True
+            else:
+                raise BadUpstreamResponse(
+                    f"the private server's answer is not valid HTTP ({exc})"
+                ) from None
+        if state is ResponseState.HEAD:
+            if self.state is ResponseState.HEAD and not self._flush_held:
+                self._held += data
+                if len(self._held) > self._max_head:
+                    raise BadUpstreamResponse(
+                        f"the private server's response head is over {self._max_head} bytes"
+                    )
+                return b""
+            self._flush_held = False
+            if self._held:
+                data = bytes(self._held) + data
+                self._held.clear()
+        self.sent_bytes += len(data)
+        return data
+
+    def feed_eof(self) -> None:
+        """The server closed its side: fine after a close-delimited body, else an error."""
+        if self.state is ResponseState.BODY and self.close_delimited:
+            self.state = ResponseState.DONE
+        elif self.state in (ResponseState.HEAD, ResponseState.BODY):
+            where = "before its response head" if self.state is ResponseState.HEAD else "mid-body"
+            raise BadUpstreamResponse(f"the private server closed the connection {where}")
+
+    # httptools callbacks: record only.
+
+    def on_message_begin(self) -> None:
+        if self.state is ResponseState.DONE:
+            self.trailing_garbage = True
+        self._framed = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        if self.state is ResponseState.DONE:
+            return
+        status: int = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._flush_held = True  # interim: pass it on, keep waiting for the final one
+            return
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        if self._is_head_request:
+            self.state = ResponseState.DONE
+            return
+        self.state = ResponseState.BODY
+        self.close_delimited = not self._framed and status not in (204, 304)
+
+    def on_body(self, body: bytes) -> None:
+        if self.state is ResponseState.DONE:
+            self.trailing_garbage = True
+
+    def on_message_complete(self) -> None:
+        if self.state is ResponseState.BODY:
+            self.state = ResponseState.DONE
+
+
+def error_response(error: HTTPError, keep_alive: bool) -> bytes:
+    """A complete plain-text response saying what failed; ``X-Revgw-Error`` names it."""
+    body = (str(error).strip() + "\n").encode()
+    reason = HTTPStatus(error.status).phrase.encode()
+    lines = [
+        b"HTTP/1.1 %d %s" % (error.status, reason),
+        b"Content-Type: text/plain; charset=utf-8",
+        b"Content-Length: %d" % len(body),
+        b"X-Revgw-Error: " + error.code.encode(),
+    ]
+    if error.retry_after is not None:
+        lines.append(b"Retry-After: %d" % error.retry_after)
+    lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

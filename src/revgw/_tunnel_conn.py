@@ -1,0 +1,263 @@
+"""One tunnel connection, gateway side: from handshake to close.
+
+::
+
+    HANDSHAKE --AUTH ok--> IDLE --PING--> PINGED --PONG--> IDLE
+                            |                                |
+                            +--------START + request---------+--> PAIRED
+    PAIRED --response ends, both sides keep-alive--> WARM --request--> PAIRED
+    any --EOF, error, missed PONG, timeout--> CLOSED
+
+Only IDLE and WARM connections sit in the pool, so a connection with a PING
+outstanding is never paired, and one that hit EOF is gone before anyone can
+take it. While PAIRED, the bytes from the client belong to the exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from typing import TYPE_CHECKING, Protocol, cast
+
+from . import _handshake as hs
+from ._address import peer_of
+from ._errors import AccessDenied, ProtocolError
+
+if TYPE_CHECKING:
+    from ._gateway import Gateway
+    from ._pool import Tunnel
+
+log = logging.getLogger("revgw.gateway")
+
+
+class TunnelState(enum.Enum):
+    HANDSHAKE = "handshake"
+    IDLE = "idle"
+    PINGED = "pinged"
+    PAIRED = "paired"
+    WARM = "warm"
+    SPLICED = "spliced"  # handed to a raw splice (an upgrade): no longer ours
+    CLOSED = "closed"
+
+
+POOLED = (TunnelState.IDLE, TunnelState.WARM)
+
+
+class Upstream(Protocol):
+    """What a paired tunnel connection reports to the exchange using it."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+    def upstream_eof(self) -> None: ...
+    def upstream_lost(self) -> None: ...
+    def upstream_paused(self, paused: bool) -> None: ...
+
+
+class TunnelConnection(asyncio.Protocol):
+    def __init__(self, gateway: Gateway, number: int) -> None:
+        self.gateway = gateway
+        self.number = number
+        self.name = f"#{number}"
+        self.state = TunnelState.HANDSHAKE
+        self.transport: asyncio.Transport | None = None
+        self.peer = "unknown"
+        self.tunnel: Tunnel[TunnelConnection] | None = None
+        self.client = ""
+        self.exchange: Upstream | None = None
+        self._reader = hs.LineReader()
+        self._challenge = hs.Challenge.new(gateway.settings.heartbeat)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return f"<TunnelConnection {self.name} {self.state.value}>"
+
+    # --- the one place the state changes ----------------------------------------
+
+    def _move(self, state: TunnelState, timeout: float | None = None) -> None:
+        log.debug("[%s] %s -> %s", self.name, self.state.value, state.value)
+        old = self.state
+        self.state = state
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+        tunnel = self.tunnel
+        if tunnel is None:
+            return
+        if old in POOLED and state not in POOLED:
+            tunnel.withdraw(self)
+        if state in (TunnelState.CLOSED, TunnelState.SPLICED):
+            tunnel.leave(self, self.client)
+            if self.client not in tunnel.clients and state is TunnelState.CLOSED:
+                log.info("[%s] client %s left tunnel '%s'", self.name, self.client, tunnel.name)
+        elif state is TunnelState.IDLE:
+            tunnel.offer(self)
+        elif state is TunnelState.WARM:
+            tunnel.offer(self, warm=True)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        state = self.state
+        if state is TunnelState.HANDSHAKE:
+            log.warning("tunnel port: %s sent no handshake in time; closing", self.peer)
+            self.close()
+        elif state is TunnelState.IDLE:
+            self._ping()
+        elif state is TunnelState.PINGED:
+            log.warning("[%s] missed a PONG from client %s; dropping it", self.name, self.client)
+            self.close()
+        elif state is TunnelState.WARM:
+            log.debug(
+                "[%s] warm for %gs unused; closing", self.name, self.gateway.settings.warm_timeout
+            )
+            self.close()
+
+    # --- asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.peer = peer_of(self.transport.get_extra_info("peername"))
+        self.transport.write(self._challenge.line())
+        self._move(TunnelState.HANDSHAKE, self.gateway.settings.handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is TunnelState.CLOSED:
+            return
+        if state is TunnelState.PAIRED:
+            assert self.exchange is not None
+            self.exchange.upstream_data(data)
+            return
+        if state is TunnelState.WARM:
+            log.warning("[%s] the private server sent bytes nobody asked for; closing", self.name)
+            self.close()
+            return
+        self._reader.feed(data)
+        try:
+            while self.state in (TunnelState.HANDSHAKE, TunnelState.IDLE, TunnelState.PINGED):
+                line = self._reader.next_line()
+                if line is None:
+                    return
+                self._line(line)
+        except ProtocolError as exc:
+            where = "handshake" if self.state is TunnelState.HANDSHAKE else "idle protocol"
+            log.warning("tunnel port: %s broke the %s (%s); closing", self.peer, where, exc)
+            if self.transport is not None:
+                self.transport.write(hs.denied_line("malformed handshake"))
+            self.close()
+
+    def _line(self, line: bytes) -> None:
+        if self.state is TunnelState.HANDSHAKE:
+            self._authenticate(hs.parse_hello(line))
+        elif line == b"PONG" and self.state is TunnelState.PINGED:
+            self._move(TunnelState.IDLE, self.gateway.settings.heartbeat)
+        else:
+            raise ProtocolError(f"unexpected line {line[:40]!r} while {self.state.value}")
+
+    def _authenticate(self, hello: hs.Hello) -> None:
+        assert self.transport is not None
+        gateway = self.gateway
+        try:
+            hs.verify_hello(gateway.token, self._challenge, hello)
+            try:
+                tunnel = gateway.registry.claim(hello.tunnel, hello.hosts)
+            except ValueError as exc:
+                raise AccessDenied(str(exc)) from None
+        except AccessDenied as exc:
+            log.warning(
+                "tunnel port: denied %s (client %s, tunnel '%s'): %s",
+                self.peer,
+                hello.client,
+                hello.tunnel,
+                exc,
+            )
+            self.transport.write(hs.denied_line(str(exc)))
+            self.close()
+            return
+        self.transport.write(hs.ready_line(gateway.token, self._challenge, hello))
+        self.name = f"{hello.tunnel}#{self.number}"
+        self.client = hello.client
+        if hello.client not in tunnel.clients:
+            hosts = ", ".join(hello.hosts) or "no hosts"
+            log.info(
+                "[%s] client %s joined tunnel '%s' from %s (%s)",
+                self.name,
+                hello.client,
+                tunnel.name,
+                self.peer,
+                hosts,
+            )
+        self.tunnel = tunnel
+        tunnel.join(self, hello.client)
+        self._move(TunnelState.IDLE, gateway.settings.heartbeat)
+
+    def _ping(self) -> None:
+        assert self.transport is not None
+        self.transport.write(hs.PING)
+        self._move(TunnelState.PINGED, self.gateway.settings.heartbeat)
+
+    def eof_received(self) -> bool:
+        if self.state is TunnelState.PAIRED and self.exchange is not None:
+            self.exchange.upstream_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        exchange, self.exchange = self.exchange, None
+        if self.state not in (TunnelState.CLOSED, TunnelState.SPLICED):
+            self._move(TunnelState.CLOSED)
+        if exchange is not None:
+            exchange.upstream_lost()
+        self.gateway.tunnel_conns.discard(self)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(False)
+
+    # --- used by the exchange --------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        return self.state in POOLED
+
+    def pair(self, exchange: Upstream, head: bytes, caller: str) -> None:
+        """Carry one request: ``START`` first if the client has not spliced yet."""
+        assert self.transport is not None and self.state in POOLED
+        fresh = self.state is TunnelState.IDLE
+        self.exchange = exchange
+        self._move(TunnelState.PAIRED)
+        self.transport.write(hs.start_line(caller) + head if fresh else head)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def release(self, reusable: bool) -> None:
+        """The exchange is over: keep the connection warm if it can carry another."""
+        self.exchange = None
+        if self.state is not TunnelState.PAIRED:
+            return
+        if reusable and self.gateway.settings.max_warm > 0:
+            self._move(TunnelState.WARM, self.gateway.settings.warm_timeout)
+        else:
+            self.close()
+
+    def detach(self) -> asyncio.Transport:
+        """Hand the transport to a raw splice (after ``101``); the pool forgets it."""
+        assert self.transport is not None
+        self.exchange = None
+        self._move(TunnelState.SPLICED)
+        self.gateway.tunnel_conns.discard(self)
+        return self.transport
+
+    def close(self) -> None:
+        """Close now; the connection leaves the pool at once, not when the socket is gone."""
+        if self.state not in (TunnelState.CLOSED, TunnelState.SPLICED):
+            self._move(TunnelState.CLOSED)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
