@@ -56,6 +56,12 @@ class HeadersTooLarge(HTTPError):
     status, code = 431, "headers-too-large"
 
 
+class UnsupportedTransferCoding(BadRequest):
+    """A body framing revgw cannot pass on safely (RFC 9112 6.1: answer 501)."""
+
+    status, code = 501, "unsupported-transfer-coding"
+
+
 class UpstreamUnreachable(HTTPError):
     status, code = 502, "upstream-unreachable"
 

@@ -176,6 +176,7 @@ class Exchange:
             and self.response.keep_alive
             and request_done
             and not self.head.upgrade
+            and self.response.caller_may_continue
         )
         self.caller.exchange_done(self, keep_alive)
 

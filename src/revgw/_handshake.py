@@ -62,7 +62,9 @@ class LineReader:
         """The next complete line without its ``\\r\\n``, or None if none yet."""
         end = self._buffer.find(b"\r\n", 0, self._limit + 2)
         if end < 0:
-            if len(self._buffer) > self._limit:
+            # A line of exactly ``limit`` bytes may wait here, CR and all, for its LF.
+            over = len(self._buffer) - self._limit
+            if over > 1 or (over == 1 and self._buffer[-1] != ord("\r")):
                 preview = bytes(self._buffer[:40])
                 raise ProtocolError(f"line longer than {self._limit} bytes: {preview!r}...")
             return None

@@ -18,7 +18,13 @@ from http import HTTPStatus
 
 import httptools
 
-from ._errors import BadRequest, BadUpstreamResponse, HeadersTooLarge, HTTPError
+from ._errors import (
+    BadRequest,
+    BadUpstreamResponse,
+    HeadersTooLarge,
+    HTTPError,
+    UnsupportedTransferCoding,
+)
 
 MAX_HEAD_BYTES = 32 * 1024
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
@@ -102,13 +108,16 @@ class RequestReader:
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0  # sizes of the parts parsed so far (exact)
         self._head_raw = 0  # raw bytes of a head spanning several feeds
+        self._consumed = 0  # bytes of this feed known to belong to earlier parts
+        self._begin_mark: int | None = None  # _consumed when this feed began a head
         self._in_head = False
         self._upgraded = False
 
     def feed(self, data: bytes) -> list[RequestEvent]:
         if self._upgraded:
             return [Upgraded(data)]
-        head_in_progress = self._in_head
+        self._consumed = 0
+        self._begin_mark = None
         events = self._events = []
         try:
             self._parser.feed_data(data)
@@ -124,10 +133,15 @@ class RequestReader:
             if isinstance(exc.__context__, HTTPError):
                 raise exc.__context__ from None
             raise BadRequest(f"malformed request: {exc}") from None
-        if head_in_progress and self._in_head:
-            # All of ``data`` was head, and maybe one endless header line that
-            # the per-header count in ``_grow`` has not seen yet.
-            self._head_raw += len(data)
+        if self._in_head:
+            # A head still arriving; it may hold one endless header line that
+            # ``_grow`` has not seen yet. Count its raw bytes: all of ``data``
+            # if it began earlier, else what follows the parts already known
+            # (over-subtracting those only makes this guard a little lenient).
+            if self._begin_mark is None:
+                self._head_raw += len(data)
+            else:
+                self._head_raw = len(data) - self._begin_mark
             if self._head_raw > self._max_head + 4096:
                 raise HeadersTooLarge(f"request head larger than {self._max_head} bytes")
         return events
@@ -135,6 +149,7 @@ class RequestReader:
     # httptools callbacks: record only.
 
     def on_message_begin(self) -> None:
+        self._begin_mark = self._consumed
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -161,15 +176,26 @@ class RequestReader:
         if method == b"CONNECT":
             raise BadRequest("CONNECT is not supported: revgw is a reverse proxy")
         version: str = parser.get_http_version()
-        host = b""
+        self._consumed += self._head_size + 32  # + request line and CRLFs, roughly
+        hosts = [value for name, value in self._headers if name.lower() == b"host"]
+        if len(hosts) > 1:
+            raise BadRequest("more than one Host header")  # RFC 9112 3.2
+        host = hosts[0] if hosts else b""
         chunked = False
         content_length: int | None = None
         for name, value in self._headers:
             lower = name.lower()
-            if lower == b"host":
-                host = value
-            elif lower == b"transfer-encoding":
-                chunked = value.strip().lower().endswith(b"chunked")
+            if lower == b"transfer-encoding":
+                codings = value.strip().lower()
+                if not codings.endswith(b"chunked"):
+                    # RFC 9112 6.3: the body's length cannot be known.
+                    raise BadRequest("Transfer-Encoding must end with chunked")
+                if codings != b"chunked":
+                    raise UnsupportedTransferCoding(
+                        f"Transfer-Encoding {value.decode('latin-1')!r} is not supported; "
+                        "send the body with Content-Length or plain chunked"
+                    )
+                chunked = True
             elif lower == b"content-length":
                 content_length = int(value)
         if not host and version == "1.1":
@@ -189,6 +215,7 @@ class RequestReader:
         )
 
     def on_body(self, body: bytes) -> None:
+        self._consumed += len(body)
         self._events.append(Body(bytes(body)))
 
     def on_message_complete(self) -> None:
@@ -244,7 +271,11 @@ class ResponseReader:
     is complete it returns nothing (a garbage answer can still become a 502);
     1xx interim responses are passed on at once, so ``100-continue`` works.
     httptools is not told the request method, so a response to ``HEAD`` is
-    ended here, at its head.
+    ended here, at its head. Bytes after the end of the response are not the
+    caller's: they are cut off (for a chunked body, whose raw length httptools
+    does not report, ``trailing_garbage`` tells the exchange to close the
+    caller's connection instead, so no stray byte can be read as its next
+    response).
     """
 
     def __init__(
@@ -254,19 +285,28 @@ class ResponseReader:
         self._is_head_request = request_method == b"HEAD"
         self._max_head = max_head_bytes
         self._held = bytearray()
-        self._flush_held = False
+        self._interims = 0  # complete 1xx heads still in _held
+        self._head_size = 0
+        self._chunked = False
+        self._framed = False
+        self._body_in_feed = 0
+        self._garbage_in_feed = False
         self.state = ResponseState.HEAD
         self.status = 0
         self.keep_alive = False
         self.close_delimited = False
         self.trailing_garbage = False
         self.sent_bytes = 0
-        self._framed = False
 
     @property
     def reusable(self) -> bool:
         """May the connection carry another request once this response is done?"""
         return self.state is ResponseState.DONE and self.keep_alive and not self.trailing_garbage
+
+    @property
+    def caller_may_continue(self) -> bool:
+        """False when stray bytes may have reached the caller after the response."""
+        return not (self.trailing_garbage and self._chunked)
 
     def feed(self, data: bytes) -> bytes:
         state = self.state
@@ -275,31 +315,48 @@ class ResponseReader:
         if state is ResponseState.DONE:
             self.trailing_garbage = True
             return b""
+        self._body_in_feed = 0
+        self._garbage_in_feed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.state = ResponseState.UPGRADED
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, BadUpstreamResponse):
+                raise exc.__context__ from None
             if self.state is ResponseState.DONE:
-                self.trailing_garbage = True
+                self._garbage()
             else:
                 raise BadUpstreamResponse(
                     f"the private server's answer is not valid HTTP ({exc})"
                 ) from None
+        head_len = 0
         if state is ResponseState.HEAD:
-            if self.state is ResponseState.HEAD and not self._flush_held:
-                self._held += data
+            self._held += data
+            if self.state is ResponseState.HEAD:
+                out = self._release_interims()
                 if len(self._held) > self._max_head:
                     raise BadUpstreamResponse(
                         f"the private server's response head is over {self._max_head} bytes"
                     )
-                return b""
-            self._flush_held = False
-            if self._held:
-                data = bytes(self._held) + data
-                self._held.clear()
+                return out
+            data = bytes(self._held)
+            self._held.clear()
+            head_len = _head_end(data, self._interims + 1)
+        if self._garbage_in_feed and self.state is ResponseState.DONE and not self._chunked:
+            data = data[: head_len + self._body_in_feed]
         self.sent_bytes += len(data)
         return data
+
+    def _release_interims(self) -> bytes:
+        """Pass on complete 1xx heads; keep the start of the final head back."""
+        if not self._interims:
+            return b""
+        end = _head_end(self._held, self._interims)
+        self._interims = 0
+        out = bytes(self._held[:end])
+        del self._held[:end]
+        return out
 
     def feed_eof(self) -> None:
         """The server closed its side: fine after a close-delimited body, else an error."""
@@ -309,23 +366,40 @@ class ResponseReader:
             where = "before its response head" if self.state is ResponseState.HEAD else "mid-body"
             raise BadUpstreamResponse(f"the private server closed the connection {where}")
 
+    def _garbage(self) -> None:
+        self.trailing_garbage = True
+        self._garbage_in_feed = True
+
     # httptools callbacks: record only.
 
     def on_message_begin(self) -> None:
         if self.state is ResponseState.DONE:
-            self.trailing_garbage = True
+            self._garbage()
         self._framed = False
+        self._head_size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in (b"content-length", b"transfer-encoding"):
+        if self.state is ResponseState.DONE:
+            return
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._max_head:
+            raise BadUpstreamResponse(
+                f"the private server's response head is over {self._max_head} bytes"
+            )
+        lower = name.lower()
+        if lower == b"content-length":
             self._framed = True
+        elif lower == b"transfer-encoding":
+            self._framed = True
+            self._chunked = b"chunked" in value.lower()
 
     def on_headers_complete(self) -> None:
         if self.state is ResponseState.DONE:
             return
         status: int = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
-            self._flush_held = True  # interim: pass it on, keep waiting for the final one
+            self._interims += 1  # pass it on, keep waiting for the final one
+            self._chunked = False
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
@@ -337,11 +411,21 @@ class ResponseReader:
 
     def on_body(self, body: bytes) -> None:
         if self.state is ResponseState.DONE:
-            self.trailing_garbage = True
+            self._garbage()
+        else:
+            self._body_in_feed += len(body)
 
     def on_message_complete(self) -> None:
         if self.state is ResponseState.BODY:
             self.state = ResponseState.DONE
+
+
+def _head_end(buffer: bytes | bytearray, count: int) -> int:
+    """Where the ``count``-th head in ``buffer`` ends (heads end at an empty line)."""
+    end = 0
+    for _ in range(count):
+        end = buffer.index(b"\r\n\r\n", end) + 4
+    return end
 
 
 def error_response(error: HTTPError, keep_alive: bool) -> bytes:
