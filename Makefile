@@ -1,0 +1,52 @@
+# revgw: build, test and demo entry points.  `make help` lists the targets.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
+
+.DEFAULT_GOAL := compose
+.PHONY: compose local test lint fmt clean help
+
+compose: ## run the four-service demo with Docker Compose (or say how to run it without Docker)
+	@if ! docker info >/dev/null 2>&1; then \
+		echo "$(NO_ENGINE)"; \
+	elif docker compose version >/dev/null 2>&1; then \
+		docker compose up --build; \
+	else \
+		docker-compose up --build; \
+	fi
+
+local: $(VENV)/.installed ## run the same demo in one process, no Docker needed
+	exec $(VENV)/bin/revgw demo
+
+test: lint ## lint, type-check, then run the test suite
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/.installed-test ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: $(VENV)/.installed-test ## format the code and apply ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean: ## remove the venv, caches and build leftovers
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
+	find . -name '*.egg-info' -prune -exec rm -rf {} +
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@ $(VENV)/.installed
