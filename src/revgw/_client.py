@@ -130,7 +130,8 @@ class TunnelLink(asyncio.Protocol):
         settings = self.keeper.settings
         target = self.keeper.target
         loop = asyncio.get_running_loop()
-        splice = Splice()
+        splice = Splice(on_closed=self.keeper.splices.discard)
+        self.keeper.splices.add(splice)
         try:
             with anyio.fail_after(settings.dial_timeout):
                 await loop.create_connection(lambda: splice.b, target.host, target.port)
@@ -142,9 +143,11 @@ class TunnelLink(asyncio.Protocol):
                 settings.target,
                 reason,
             )
+            self.keeper.splices.discard(splice)
             self._answer_unreachable(reason)
             return
         if self.state is LinkState.CLOSED or self.transport is None:
+            self.keeper.splices.discard(splice)
             splice.close()
             return
         log.info("[%s] paired: caller %s -> %s", self.name, caller, settings.target)
@@ -221,7 +224,8 @@ class Keeper:
         self.gateway = gateway
         self.target = parse_address(settings.target)
         self.task_group = task_group
-        self.links: set[TunnelLink] = set()
+        self.links: set[TunnelLink] = set()  # handshaking or idle
+        self.splices: set[Splice] = set()  # paired: carrying (or warm for) requests
         self._changed = anyio.Event()
         self._idle_event = anyio.Event()
         self._count = 0
@@ -350,9 +354,12 @@ class Client:
             await self._stack.__aexit__(exc_type, exc, tb)
 
     def _close_links(self) -> None:
+        """Close every connection, idle or paired: a stopped client serves nothing."""
         for keeper in self.keepers:
             for link in list(keeper.links):
                 link.close()
+            for splice in list(keeper.splices):
+                splice.close()
 
     @property
     def idle_count(self) -> int:
