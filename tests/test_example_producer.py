@@ -8,11 +8,11 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
+
+from revgw._errors import ConfigError
 from revgw_examples.producer import ProducerSettings, fetch, run
 from revgw_examples.producer.producer import parse_url
 from revgw_examples.server import Server, ServerSettings
-
-from revgw._errors import ConfigError
 
 
 @asynccontextmanager

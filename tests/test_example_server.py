@@ -12,11 +12,11 @@ import anyio
 import httptools
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
-from revgw_examples.server import Server, ServerSettings
 
 from revgw._address import parse_address
 from revgw._errors import ConfigError
 from revgw._http import LAST_CHUNK, encode_chunk
+from revgw_examples.server import Server, ServerSettings
 
 MiB = 1024 * 1024
 
