@@ -32,7 +32,7 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 class ExchangeState(enum.Enum):
     SENDING = "sending"  # request head and maybe body going out
     AWAITING = "awaiting"  # request sent, waiting for the response head
-    RECEIVING = "receiving"  # response flowing back
+    RECEIVING = "receiving"  # response flowing back (the request body may still be, too)
     DONE = "done"
 
 
@@ -53,6 +53,10 @@ class Exchange:
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._heard_back = False  # any byte at all from the tunnel connection
+        # The response may begin before the request ends (a 100 Continue, an
+        # echo streaming back, an early error), so the request side keeps its
+        # own flag: the body must keep flowing while the response does.
+        self._request_done = False
 
     def start(self, rendered_head: bytes) -> None:
         self.conn.pair(self, rendered_head, self.caller.peer)
@@ -60,14 +64,17 @@ class Exchange:
     # --- request side, driven by the caller connection -------------------------------
 
     def send_body(self, data: bytes) -> None:
-        if self.state is ExchangeState.SENDING:
+        if not self._request_done and self.state is not ExchangeState.DONE:
             self.conn.write(encode_chunk(data) if self.head.chunked else data)
 
     def end_request(self) -> None:
-        if self.state is not ExchangeState.SENDING:
+        if self._request_done or self.state is ExchangeState.DONE:
             return
+        self._request_done = True
         if self.head.chunked:
             self.conn.write(LAST_CHUNK)
+        if self.state is not ExchangeState.SENDING:
+            return  # the response is already under way: no wait to time
         self.state = ExchangeState.AWAITING
         timeout = self.caller.gateway.settings.upstream_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self._too_slow, timeout)
@@ -164,7 +171,7 @@ class Exchange:
             self._timer = None
 
     def _finish(self, upgraded: bool = False) -> None:
-        request_done = self.state is not ExchangeState.SENDING
+        request_done = self._request_done
         self._end()
         if upgraded:
             self.caller.exchange_upgraded(self)
