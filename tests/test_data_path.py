@@ -451,6 +451,33 @@ async def test_silent_private_server_is_504_after_upstream_timeout(
     assert response.header("x-revgw-error") == "upstream-timeout"
 
 
+async def test_server_silent_after_100_continue_is_504(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """An interim 100 Continue is not an answer: the upstream timeout still applies."""
+    release = anyio.Event()
+
+    async def continue_then_silence(stream: SocketStream) -> None:
+        async with stream:
+            await BufferedByteReceiveStream(stream).receive_until(b"\r\n\r\n", 65536)
+            await stream.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await release.wait()
+
+    async with (
+        private_server(continue_then_silence) as target,
+        make_gateway(upstream_timeout=0.3) as gw,
+        make_client(gw, target=target),
+    ):
+        conn = await Connection.open(gw.address)
+        await conn.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        with anyio.fail_after(10):
+            response = await conn.read_response()
+        release.set()
+        await conn.close()
+    assert response.status == 504
+    assert response.header("x-revgw-error") == "upstream-timeout"
+
+
 async def test_get_retried_once_when_the_server_closes_without_answering(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:

@@ -32,7 +32,7 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 class ExchangeState(enum.Enum):
     SENDING = "sending"  # request head and maybe body going out
     AWAITING = "awaiting"  # request sent, waiting for the response head
-    RECEIVING = "receiving"  # response flowing back (the request body may still be, too)
+    RECEIVING = "receiving"  # final response flowing back (the request body may still be, too)
     DONE = "done"
 
 
@@ -74,7 +74,7 @@ class Exchange:
         if self.head.chunked:
             self.conn.write(LAST_CHUNK)
         if self.state is not ExchangeState.SENDING:
-            return  # the response is already under way: no wait to time
+            return  # the final response is already under way: no wait to time
         self.state = ExchangeState.AWAITING
         timeout = self.caller.gateway.settings.upstream_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self._too_slow, timeout)
@@ -95,8 +95,9 @@ class Exchange:
             self._fail(exc)
             return
         if out:
-            self._received()
             self.caller.write(out)
+        if self.response.state is not ResponseState.HEAD:
+            self._received()  # the final head is in: a 1xx alone does not count
         state = self.response.state
         if state is ResponseState.DONE:
             self._finish()
@@ -194,7 +195,8 @@ class Exchange:
         then is a retry safe; a garbage answer or a timeout is the server's own
         doing, and resending would repeat it.
         """
-        nothing_sent = self.response.sent_bytes == 0
+        # A 1xx may have gone out; until the final head has, we can still answer.
+        nothing_sent = self.response.state is ResponseState.HEAD
         self._end()
         self.conn.close()
         if nothing_sent and died and self._retryable():
