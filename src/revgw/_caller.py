@@ -248,6 +248,13 @@ class CallerConnection(asyncio.Protocol):
                 self._answer(exc, head, started)
                 return
             self._wait_scope = None
+            if scope.cancel_called:
+                # The caller left in the very loop iteration its connection was
+                # handed over: the cancel could not interrupt a finished wait.
+                # Nobody awaits this request, so it must not reach the private
+                # server; the connection serves the next one in line instead.
+                tunnel.offer(conn)
+                return
             self._begin(head, conn, attempt, started)
             return
         # Cancelled: the caller left while waiting (or the gateway is stopping).
