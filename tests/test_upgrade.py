@@ -368,12 +368,6 @@ async def test_private_server_closing_an_upgraded_stream_reaches_the_caller(
     assert rest == b"z" * 300_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a caller EOF read before the 101 is kept in CallerConnection._caller_eof and "
-    "never passed on by exchange_upgraded (asyncio stops reading after that EOF, so the splice "
-    "never sees it): the private server never learns of the caller's half-close",
-)
 async def test_caller_eof_sent_before_the_101_still_reaches_the_private_server(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:
@@ -413,12 +407,6 @@ async def test_caller_eof_sent_before_the_101_still_reaches_the_private_server(
     assert rest == b"BYE"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Gateway exit does not close upgraded connections: exchange_upgraded drops the "
-    "caller from gateway.callers and TunnelConnection.detach drops the tunnel side from "
-    "gateway.tunnel_conns, and nothing tracks the Splice, so _close_connections misses both",
-)
 async def test_gateway_shutdown_closes_upgraded_connections(make_gateway: GatewayFactory) -> None:
     """Stopping the gateway ends a live upgraded (WebSocket-like) connection for its caller."""
     ended = anyio.Event()

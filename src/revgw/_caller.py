@@ -301,7 +301,8 @@ class CallerConnection(asyncio.Protocol):
         self.gateway.callers.discard(self)
         pending = b"".join(e.data for e in self._queue if isinstance(e, Upgraded))
         self._queue.clear()
-        splice = Splice()
+        splice = Splice(on_closed=self.gateway.splices.discard)
+        self.gateway.splices.add(splice)
         tunnel_transport = exchange.conn.detach()
         Splice.adopt(splice.b, tunnel_transport)
         Splice.adopt(splice.a, self.transport)
@@ -309,6 +310,8 @@ class CallerConnection(asyncio.Protocol):
             tunnel_transport.write(pending)
         for transport in (self.transport, tunnel_transport):
             transport.resume_reading()
+        if self._caller_eof:  # read before the 101: the server must still learn of it
+            splice.a.eof_received()
 
     def abort(self) -> None:
         """A response was cut short: the caller must see a broken connection, not an end."""

@@ -23,6 +23,7 @@ from ._caller import CallerConnection
 from ._errors import ConfigError
 from ._pool import Registry
 from ._settings import GatewaySettings
+from ._splice import Splice
 from ._tunnel_conn import TunnelConnection
 from ._util import unwrap_group
 
@@ -47,6 +48,7 @@ class Gateway:
         )
         self.callers: set[CallerConnection] = set()
         self.tunnel_conns: set[TunnelConnection] = set()
+        self.splices: set[Splice] = set()  # upgraded (e.g. WebSocket) connections
         self.address = ""
         self.tunnel_address = ""
         self._task_group: TaskGroup | None = None
@@ -108,6 +110,8 @@ class Gateway:
         return conn
 
     def _close_connections(self) -> None:
+        for splice in list(self.splices):
+            splice.close()
         for conn in list(self.tunnel_conns):
             conn.close()
         for caller in list(self.callers):
