@@ -117,12 +117,6 @@ async def test_garbage_after_a_good_request_gets_400_once_the_good_one_got_200(
         assert_error(second, 400, "bad-request")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when one read holds a good request and then garbage, RequestReader.feed "
-    "raises BadRequest and the events it parsed before the garbage are lost, so the good "
-    "request is answered 400 too",
-)
 async def test_pipelined_garbage_in_the_same_read_as_a_good_request_gets_200_then_400(
     chain: Gateway,
 ) -> None:

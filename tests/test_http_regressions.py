@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from revgw._errors import BadRequest
 from revgw._http import EndOfMessage, RequestHead, RequestReader
 
 
@@ -25,3 +26,16 @@ def test_head_under_the_limit_dribbled_byte_by_byte_is_accepted() -> None:
     for i in range(len(head)):
         events += reader.feed(head[i : i + 1])
     assert isinstance(events[0], RequestHead)
+
+
+def test_events_parsed_before_an_error_in_the_same_read_are_kept() -> None:
+    # A good request followed by garbage in one read: the good one was lost.
+    reader = RequestReader()
+    try:
+        reader.feed(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\nNONSENSE\r\n\r\n")
+    except BadRequest:
+        parsed = reader.parsed_before_error
+    else:
+        raise AssertionError("garbage was accepted")
+    assert isinstance(parsed[0], RequestHead) and parsed[0].target == b"/ok"
+    assert isinstance(parsed[-1], EndOfMessage)

@@ -111,7 +111,7 @@ class CallerConnection(asyncio.Protocol):
         try:
             events: list[RequestEvent | HTTPError] = list(self._reader.feed(data))
         except HTTPError as exc:
-            events = [exc]
+            events = [*self._reader.parsed_before_error, exc]
         if self.exchange is not None and not self._queue:
             self._forward(events)
         else:

@@ -113,6 +113,14 @@ class RequestReader:
         self._in_head = False
         self._upgraded = False
 
+    @property
+    def parsed_before_error(self) -> list[RequestEvent]:
+        """After ``feed`` raised: the events of that read parsed before the error.
+
+        A good request pipelined ahead of garbage in one read is still served.
+        """
+        return self._events
+
     def feed(self, data: bytes) -> list[RequestEvent]:
         if self._upgraded:
             return [Upgraded(data)]
