@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
-
-import httptools
+from dataclasses import dataclass
 
 
 @dataclass
@@ -28,15 +26,6 @@ class Response:
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
-
-
-@dataclass
-class _Parse:
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-    head_done: bool = False
-    done: bool = False
 
 
 class Connection:
@@ -76,46 +65,67 @@ class Connection:
         return await self.read_response(head_only=method == "HEAD")
 
     async def read_response(self, head_only: bool = False) -> Response:
-        state = _Parse()
+        """Read exactly one final response; bytes after it stay for the next read.
 
-        class Callbacks:
-            def on_status(self, status: bytes) -> None:
-                pass
-
-            def on_header(self, name: bytes, value: bytes) -> None:
-                state.headers[name.decode().lower()] = value.decode("latin-1")
-
-            def on_headers_complete(self) -> None:
-                state.status = parser.get_status_code()
-                if 100 <= state.status < 200 and state.status != 101:
-                    state.headers.clear()
-                    return
-                state.head_done = True
-                if head_only or state.status == 101:
-                    state.done = True
-
-            def on_body(self, body: bytes) -> None:
-                state.body += body
-
-            def on_message_complete(self) -> None:
-                if state.head_done:
-                    state.done = True
-
-        parser = httptools.HttpResponseParser(Callbacks())
-        data = self._buffer
-        self._buffer = b""
+        Parsed by hand (not httptools) so that the byte where one response
+        ends is known even when two arrive in a single read.
+        """
         while True:
-            if data:
-                with contextlib.suppress(httptools.HttpParserUpgrade):
-                    parser.feed_data(data)
-                if state.done:
-                    break
-            data = await self.reader.read(65536)
-            if not data:
-                if state.head_done:  # close-delimited body
-                    break
+            head = await self._read_until(b"\r\n\r\n")
+            status_line, *lines = head.decode("latin-1").split("\r\n")
+            status = int(status_line.split(" ")[1])
+            headers: dict[str, str] = {}
+            for line in lines:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            if not (100 <= status < 200 and status != 101):
+                break
+        if head_only or status in (101, 204, 304):
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
+            body = await self._read_chunked()
+        elif "content-length" in headers:
+            body = await self._read_exactly(int(headers["content-length"]))
+        else:
+            body = await self._read_to_eof()
+        return Response(status, headers, body, head)
+
+    async def _more(self) -> bool:
+        data = await self.reader.read(65536)
+        self._buffer += data
+        return bool(data)
+
+    async def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self._buffer:
+            if not await self._more():
                 raise ConnectionError("connection closed before a complete response")
-        return Response(state.status, dict(state.headers), bytes(state.body))
+        index = self._buffer.index(marker) + len(marker)
+        out, self._buffer = self._buffer[:index], self._buffer[index:]
+        return out
+
+    async def _read_exactly(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            if not await self._more():
+                raise ConnectionError("connection closed before a complete response")
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        return out
+
+    async def _read_chunked(self) -> bytes:
+        body = b""
+        while True:
+            size = int((await self._read_until(b"\r\n")).split(b";")[0].strip(), 16)
+            if size == 0:
+                while await self._read_until(b"\r\n") != b"\r\n":
+                    pass  # trailers
+                return body
+            body += (await self._read_exactly(size + 2))[:-2]
+
+    async def _read_to_eof(self) -> bytes:
+        while await self._more():
+            pass
+        out, self._buffer = self._buffer, b""
+        return out
 
     async def close(self) -> None:
         self.writer.close()
