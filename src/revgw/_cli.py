@@ -25,14 +25,17 @@ from revgw_examples.producer import ProducerSettings
 from revgw_examples.producer import run as run_producer
 from revgw_examples.server import ServerSettings, serve_forever
 
+from ._address import parse_address
 from ._client import Client
 from ._demo import DemoSettings, run_demo
 from ._errors import AccessDenied, ConfigError
 from ._gateway import Gateway
 from ._loop import backend_options
 from ._settings import ClientSettings, GatewaySettings
+from ._util import errors_in
 
 ENV_PREFIX = "REVGW_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,25 +167,35 @@ async def _until_signal(main: Callable[[], Awaitable[int]]) -> int:
 
 
 def _run(main: Callable[[], Awaitable[int]]) -> int:
+    """Run ``main``; a lone error re-raises as itself, however deep in task groups it was.
+
+    A role nests task groups (the demo: server, gateway, clients), so an error
+    such as "port in use" arrives wrapped once per level; ``main()`` turns it
+    into one line only if it sees the error itself.
+    """
     try:
         return anyio.run(_until_signal, main, backend="asyncio", backend_options=backend_options())
     except BaseExceptionGroup as group:
-        leaves = group.exceptions
-        if len(leaves) == 1 and isinstance(leaves[0], Exception):
-            raise leaves[0] from None
+        found = errors_in(group)
+        if len(found) == 1 and isinstance(found[0], Exception):
+            raise found[0] from None
         raise
 
 
 async def _gateway(settings: GatewaySettings) -> int:
-    gateway = Gateway(settings)
-    if settings.token is None:
-        print(
-            "revgw gateway: no --token given, so this gateway made one. Start clients with:\n"
-            f"  revgw client --gateway <this-host>:{settings.tunnel_listen.rpartition(':')[2]}"
-            f" --token {gateway.token}",
-            flush=True,
-        )
-    await gateway.run()
+    async with Gateway(settings) as gateway:
+        if settings.token is None:
+            # Printed once the port is bound: "--tunnel-listen ...:0" has its real port
+            # only now, and a gateway that cannot listen must not hand out a command.
+            host, port = parse_address(gateway.tunnel_address)
+            wildcard = host in ("0.0.0.0", "::", "")
+            where = f"<this-host>:{port}" if wildcard else gateway.tunnel_address
+            print(
+                "revgw gateway: no --token given, so this gateway made one. Start clients with:\n"
+                f"  revgw client --gateway {where} --token {gateway.token}",
+                flush=True,
+            )
+        await anyio.sleep_forever()
     return 0
 
 
@@ -242,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_settings(role_parser, cls)
         role_parser.add_argument(
             "--log-level",
-            default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "info"),
-            choices=["debug", "info", "warning", "error"],
+            default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "info").lower(),
+            choices=LOG_LEVELS,
             help="how much to log (env REVGW_LOG_LEVEL; default: info)",
         )
     return parser
@@ -253,6 +266,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"revgw {args.role}"
+    if args.log_level not in LOG_LEVELS:  # argparse checks choices only for a given flag
+        print(
+            f"{prog}: error: {ENV_PREFIX}LOG_LEVEL: {args.log_level!r} is not one of "
+            f"{', '.join(LOG_LEVELS)}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     cls, role_main, _ = _roles()[args.role]
     try:
         settings = settings_from(cls, args, dict(os.environ))
@@ -266,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         print(f"{prog}: the gateway denied this client: {exc}", file=sys.stderr)
         code = 1
     except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = 1
+    except OSError as exc:  # e.g. a port in use, from a role that does not say which itself
         print(f"{prog}: error: {exc}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:

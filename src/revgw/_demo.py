@@ -20,7 +20,7 @@ from revgw_examples.server import Server, ServerSettings
 from ._client import Client
 from ._errors import ConfigError
 from ._gateway import Gateway
-from ._settings import setting
+from ._settings import _address, setting
 
 log = logging.getLogger("revgw.demo")
 
@@ -42,6 +42,12 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.clients < 1 or self.pool < 1:
             raise ConfigError("--clients and --pool must be 1 or more")
+        # Check every value now: a bad one is a usage error (exit 2), not a failure
+        # halfway through starting the chain with part of it already running.
+        _address("--listen", self.listen)
+        _address("--tunnel-listen", self.tunnel_listen)
+        _address("--server-listen", self.server_listen)
+        ProducerSettings(interval=self.interval, count=self.count)
 
 
 async def run_demo(settings: DemoSettings) -> int:

@@ -18,6 +18,10 @@ from ._address import parse_address
 from ._errors import ConfigError
 from ._handshake import check_identity
 
+# The longest heartbeat a client accepts in a CHALLENGE (``_handshake.parse_challenge``):
+# a gateway announcing more would be refused by every client.
+MAX_HEARTBEAT = 3600.0
+
 
 def setting(default: Any, help: str, metavar: str | None = None) -> Any:
     """A dataclass field that carries its help text (for ``--help`` and docs)."""
@@ -84,6 +88,11 @@ class GatewaySettings:
             "warm_timeout",
         ):
             _positive("--" + name.replace("_", "-"), getattr(self, name))
+        if self.heartbeat > MAX_HEARTBEAT:
+            raise ConfigError(
+                f"--heartbeat must be at most {MAX_HEARTBEAT:g}, not {self.heartbeat}"
+                " (clients refuse a longer one)"
+            )
         if self.max_warm < 0:
             raise ConfigError(f"--max-warm must be 0 or more, not {self.max_warm}")
         if self.max_header_bytes < 1024:

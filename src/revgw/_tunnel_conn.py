@@ -201,6 +201,11 @@ class TunnelConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         if self.state is TunnelState.PAIRED and self.exchange is not None:
             self.exchange.upstream_eof()
+        elif self.state not in (TunnelState.CLOSED, TunnelState.SPLICED):
+            # Leave the pool now: connection_lost comes one loop callback later, and
+            # a request read in between would be handed this dead connection (a 502
+            # where a live connection or "tunnel offline" was due).
+            self._move(TunnelState.CLOSED)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -223,7 +228,9 @@ class TunnelConnection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return self.state in POOLED
+        """In the pool and not going away (a reset closes the transport before we hear of it)."""
+        transport = self.transport
+        return self.state in POOLED and transport is not None and not transport.is_closing()
 
     def pair(self, exchange: Upstream, head: bytes, caller: str) -> None:
         """Carry one request: ``START`` first if the client has not spliced yet."""

@@ -15,17 +15,17 @@ def unwrap_group() -> Iterator[None]:
     try:
         yield
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if len(leaves) == 1:
-            raise leaves[0] from group
+        found = errors_in(group)
+        if len(found) == 1:
+            raise found[0] from group
         raise
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+def errors_in(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     out: list[BaseException] = []
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
+            out.extend(errors_in(exc))
         else:
             out.append(exc)
     return out
