@@ -234,14 +234,7 @@ async def test_killed_client_is_never_used_while_another_client_serves(
     "how",
     [
         "fin",
-        pytest.param(
-            "reset",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _caller._dispatch pairs tunnel.take()'s connection without "
-                "checking conn.usable; a reset one is still pooled until connection_lost",
-            ),
-        ),
+        "reset",
     ],
 )
 async def test_request_arriving_with_the_clients_hang_up_is_not_handed_a_dead_connection(

@@ -18,11 +18,15 @@ from revgw._pool import Registry, Tunnel
 
 
 class FakeConn:
-    """Stands in for a TunnelConnection: the pool only needs ``name`` and ``close()``."""
+    """Stands in for a TunnelConnection: the pool needs ``name``, ``usable`` and ``close()``."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.closed = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed
 
     def __repr__(self) -> str:
         return f"<FakeConn {self.name}>"
@@ -302,3 +306,14 @@ def test_an_offline_tunnels_host_stays_bound_until_another_tunnel_takes_it(
     assert new.hosts == {"app.test"}
     moves = [r.getMessage() for r in caplog.records if "moves" in r.getMessage()]
     assert moves == ["host app.test moves from offline tunnel 'old' to 'new'"]
+
+
+def test_take_skips_a_connection_that_went_away_before_telling_the_pool() -> None:
+    """A reset closes the transport a loop turn before the pool hears of it."""
+    tunnel: Tunnel[FakeConn] = Tunnel("t", max_warm=4)
+    dead, live = joined(tunnel, "dead", "live")
+    tunnel.offer(dead)
+    tunnel.offer(live)
+    dead.closed = True  # closed, but leave() has not run yet
+    assert tunnel.take() is live
+    assert tunnel.take() is None

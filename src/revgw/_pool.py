@@ -34,6 +34,11 @@ class Pooled(Protocol):
 
     name: str
 
+    @property
+    def usable(self) -> bool:
+        """False once it is going away, even before it has told the pool so."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -130,13 +135,19 @@ class Tunnel(Generic[C]):
         self._warm.pop(conn, None)
 
     def take(self) -> C | None:
-        """A usable connection at once, warm ones first; None if there is none."""
-        if self._warm:
-            return self._warm.popitem()[0]
-        if self._idle:
-            conn = next(iter(self._idle))
-            del self._idle[conn]
-            return conn
+        """A usable connection at once, warm ones first; None if there is none.
+
+        A connection reset by its peer can still be listed here for one loop
+        turn after its transport closed; it is skipped, never handed out.
+        """
+        while self._warm or self._idle:
+            if self._warm:
+                conn = self._warm.popitem()[0]
+            else:
+                conn = next(iter(self._idle))
+                del self._idle[conn]
+            if conn.usable:
+                return conn
         return None
 
     async def acquire(self, timeout: float) -> C:  # noqa: ASYNC109 - its end is a 503, not a cancel
