@@ -394,18 +394,12 @@ async def test_private_server_refusing_the_client_gives_502_upstream_unreachable
         ]
         assert len(client_warnings) == 1
         assert "cannot reach the private server" in client_warnings[0]
-    close_leftover_transports()  # the client's bug below, not this test's subject
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after answering 502 upstream-unreachable the client's tunnel connection "
-    "stays paused (reading was paused at START), so _Drain never sees the gateway's EOF, "
-    "and Client exit does not track or close it: the socket leaks (ResourceWarning)",
-)
 async def test_client_closes_the_connection_it_answered_502_on(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:
+    """No socket outlives the roles after the client answered 502 itself."""
     async with make_gateway() as gw, make_client(gw, target=closed_port()):
         response = await get(gw.address, "/ping")
         assert response.header("x-revgw-error") == "upstream-unreachable"

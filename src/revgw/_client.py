@@ -164,7 +164,9 @@ class TunnelLink(asyncio.Protocol):
             f"{self.keeper.settings.target}: {reason}"
         )
         self.transport.write(error_response(error, keep_alive=False))
-        self.transport.set_protocol(_Drain(self.transport))
+        drain = _Drain(self.transport, self.keeper.draining)
+        self.transport.set_protocol(drain)
+        self.transport.resume_reading()  # paused since START: EOF must get through
 
     def _fail(self, exc: Exception) -> None:
         if not self.ready.done():
@@ -202,8 +204,10 @@ class _Drain(asyncio.Protocol):
     the answer before the gateway reads it.
     """
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, transport: asyncio.Transport, owner: set[_Drain]) -> None:
         self.transport = transport
+        self._owner = owner
+        owner.add(self)
         self._timer = asyncio.get_running_loop().call_later(10, transport.close)
 
     def data_received(self, data: bytes) -> None:
@@ -214,6 +218,7 @@ class _Drain(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
+        self._owner.discard(self)
 
 
 class Keeper:
@@ -226,6 +231,7 @@ class Keeper:
         self.task_group = task_group
         self.links: set[TunnelLink] = set()  # handshaking or idle
         self.splices: set[Splice] = set()  # paired: carrying (or warm for) requests
+        self.draining: set[_Drain] = set()  # answered 502 themselves, closing
         self._changed = anyio.Event()
         self._idle_event = anyio.Event()
         self._count = 0
@@ -360,6 +366,8 @@ class Client:
                 link.close()
             for splice in list(keeper.splices):
                 splice.close()
+            for drain in list(keeper.draining):
+                drain.transport.close()
 
     @property
     def idle_count(self) -> int:
