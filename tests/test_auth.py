@@ -20,22 +20,10 @@ import anyio
 import pytest
 
 from conftest import TOKEN, GatewayFactory
-from helpers import Connection, get
+from helpers import Connection, FakeGateway, get, read_line, split
 from revgw import AccessDenied, Client
 from revgw import _handshake as hs
 from revgw_examples.server import Server
-
-
-def split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-async def read_line(reader: asyncio.StreamReader) -> bytes:
-    """One ``\\r\\n`` line without its ending; fails the test on EOF."""
-    line = await reader.readline()
-    assert line.endswith(b"\r\n"), f"connection ended mid-line: {line!r}"
-    return line[:-2]
 
 
 class Relay:
@@ -88,39 +76,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, log:
         if writer.can_write_eof():
             writer.write_eof()
     except OSError:
-        writer.close()
-
-
-class FakeGateway:
-    """A tunnel port the test drives by hand: ``accept()`` hands over each new connection."""
-
-    def __init__(self) -> None:
-        self.address = ""
-        self._accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
-        self._accepted = asyncio.Queue()
-        self._done = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> FakeGateway:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._server.close()
-        self._done.set()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
-
-    async def accept(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await self._accepted.get()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        await self._accepted.put((reader, writer))
-        await self._done.wait()
         writer.close()
 
 
