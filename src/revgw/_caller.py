@@ -76,7 +76,6 @@ class CallerConnection(asyncio.Protocol):
         self._wait_scope: anyio.CancelScope | None = None
         self._caller_eof = False
         self._pumping = False
-        self._served = 0
 
     # --- the one place the state changes --------------------------------------------
 
@@ -230,12 +229,14 @@ class CallerConnection(asyncio.Protocol):
         elif not tunnel.online:
             self._answer(tunnel.offline_error(), head, started)
         else:
-            self.gateway.task_group.start_soon(self._wait_for_connection, head, tunnel, attempt)
+            self.gateway.task_group.start_soon(
+                self._wait_for_connection, head, tunnel, attempt, started
+            )
 
     async def _wait_for_connection(
-        self, head: RequestHead, tunnel: Tunnel[TunnelConnection], attempt: int
+        self, head: RequestHead, tunnel: Tunnel[TunnelConnection], attempt: int, started: float
     ) -> None:
-        started = time.monotonic()
+        """The slow path: wait in line for a connection (its wait counts in the latency)."""
         with anyio.CancelScope() as scope:
             self._wait_scope = scope
             try:
@@ -341,7 +342,6 @@ class CallerConnection(asyncio.Protocol):
         self._next_or_close(keep_alive)
 
     def _next_or_close(self, keep_alive: bool) -> None:
-        self._served += 1
         if keep_alive and not self._caller_eof:
             self._move(CallerState.READING, self.gateway.settings.idle_timeout)
             self.pause_reading("pipeline", False)

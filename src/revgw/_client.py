@@ -192,9 +192,8 @@ class TunnelLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(exc or ConnectionResetError("connection closed"))
-        if self.state is not LinkState.CLOSED and self.state is not LinkState.PAIRED:
+        if self.state is not LinkState.CLOSED:
             self._move(LinkState.CLOSED)
-        self.state = LinkState.CLOSED
 
 
 class _Drain(asyncio.Protocol):
