@@ -6,7 +6,7 @@ PYTHON ?= python3
 NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
 
 .DEFAULT_GOAL := compose
-.PHONY: compose local test lint fmt clean help
+.PHONY: compose local netns-demo test lint fmt clean help
 
 compose: ## run the four-service demo with Docker Compose (or say how to run it without Docker)
 	@if ! docker info >/dev/null 2>&1; then \
@@ -19,6 +19,9 @@ compose: ## run the four-service demo with Docker Compose (or say how to run it 
 
 local: $(VENV)/.installed ## run the same demo in one process, no Docker needed
 	exec $(VENV)/bin/revgw demo
+
+netns-demo: $(VENV)/.installed ## the compose demo in four network namespaces, no Docker (root)
+	exec $(PY) examples/netns/netns.py demo
 
 test: lint ## lint, type-check, then run the test suite
 	$(VENV)/bin/pytest
@@ -38,7 +41,7 @@ clean: ## remove the venv, caches and build leftovers
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
