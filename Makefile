@@ -6,7 +6,7 @@ PYTHON ?= python3
 NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
 
 .DEFAULT_GOAL := compose
-.PHONY: compose local netns-demo test lint fmt clean help
+.PHONY: compose local netns-demo test lint fmt clean help images screenshot
 
 compose: ## run the four-service demo with Docker Compose (or say how to run it without Docker)
 	@if ! docker info >/dev/null 2>&1; then \
@@ -39,6 +39,12 @@ clean: ## remove the venv, caches and build leftovers
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
 	find . -name '*.egg-info' -prune -exec rm -rf {} +
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+images: ## redraw the pictures in images/ from their Graphviz sources (needs dot)
+	$(PYTHON) images/render.py
+
+screenshot: ## take images/browser.png: /ping in headless Chromium while make local runs
+	bash images/screenshot.sh
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
