@@ -3,7 +3,7 @@
 A tunnel connection opens with three short ASCII lines a person can watch
 with ``nc``::
 
-    gateway: REVGW/1 CHALLENGE 9f2c...e1 heartbeat=5
+    gateway: REVGW/1 CHALLENGE nonce=9f2c...e1 heartbeat=5
     client:  REVGW/1 AUTH key=5d1a... tunnel=default client=laptop-41 hosts=- cnonce=77ab... mac=...
     gateway: REVGW/1 READY proof=c3d0...          (or: REVGW/1 DENIED <why>)
 
