@@ -1,4 +1,4 @@
-"""Static checks of the Compose demo, the per-role Dockerfiles, the Makefile and .ci/run.
+"""Static checks of the Compose demo, the per-role Dockerfiles, the Makefile and the scripts.
 
 None of these needs a Docker engine: they read the files, and run `make` with a stub
 `docker` on PATH.
@@ -47,6 +47,11 @@ def environment_of(svc: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):
         return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     return {str(k): str(v) for k, v in env.items()}
+
+
+def with_defaults(value: object) -> str:
+    """Compose's ``${VAR:-default}`` read with nothing set: what a fresh shell gets."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", str(value))
 
 
 def dockerfile_of(svc: dict[str, Any]) -> Path:
@@ -99,7 +104,7 @@ def test_gateway_publishes_9000(compose: dict[str, Any]) -> None:
         if isinstance(port, dict):
             published.add((str(port["published"]), str(port["target"])))
         else:
-            host, _, container = str(port).rpartition(":")
+            host, _, container = with_defaults(port).rpartition(":")
             published.add((host.rpartition(":")[2], container.split("/")[0]))
     assert ("9000", "9000") in published
 
@@ -165,13 +170,24 @@ def test_addresses_match_the_topology(compose: dict[str, Any]) -> None:
     assert client["REVGW_TARGET"] == "server:8080"
 
 
+def stages(path: Path) -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions split at each FROM (the FROM starts its stage)."""
+    out: list[list[tuple[str, str]]] = [[]]
+    for word, rest in dockerfile_instructions(path):
+        if word == "FROM":
+            out.append([])
+        out[-1].append((word, rest))
+    return out
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_dockerfile_base_and_user(role: str) -> None:
     instructions = dockerfile_instructions(ROOT / "cmd" / role / "Dockerfile")
     words = [word for word, _ in instructions]
     assert instructions[0][0] == "ARG"
-    assert instructions[0][1].startswith("BASE_IMAGE=")
-    assert ("FROM", "${BASE_IMAGE}") in instructions
+    assert instructions[0][1] == "BASE_IMAGE=python:3.11-slim"
+    froms = [rest.split()[0] for word, rest in instructions if word == "FROM"]
+    assert froms and set(froms) == {"${BASE_IMAGE}"}, "every stage starts from the one base"
     users = [rest for word, rest in instructions if word == "USER"]
     assert users, "the image must switch to a non-root user"
     assert users[-1].split(":")[0] not in {"root", "0"}
@@ -179,16 +195,102 @@ def test_dockerfile_base_and_user(role: str) -> None:
     assert words.index("CMD") > len(words) - 1 - words[::-1].index("USER")
 
 
+@pytest.mark.parametrize("role", ROLES)
+def test_dockerfile_final_stage_has_no_build_tools(role: str) -> None:
+    *_, build, final = stages(ROOT / "cmd" / role / "Dockerfile")
+    assert build[0] == ("FROM", "${BASE_IMAGE} AS build")
+    assert any("pip install" in rest for word, rest in build if word == "RUN")
+    assert final[0] == ("FROM", "${BASE_IMAGE}")
+    # The final stage takes the built venv, and nothing else from the build context.
+    copies = [rest for word, rest in final if word in {"COPY", "ADD"}]
+    assert copies == ["--from=build /opt/revgw /opt/revgw"]
+    for word, rest in final:
+        if word == "RUN":
+            assert not re.search(r"\b(pip|apt-get|gcc|make)\b", rest), rest
+
+
+@pytest.mark.parametrize(
+    ("role", "probe"), [("gateway", "create_connection(('127.0.0.1', 9000)"), ("server", "/ping")]
+)
+def test_gateway_and_server_images_have_a_healthcheck(role: str, probe: str) -> None:
+    checks = [
+        rest
+        for word, rest in dockerfile_instructions(ROOT / "cmd" / role / "Dockerfile")
+        if word == "HEALTHCHECK"
+    ]
+    assert len(checks) == 1
+    options, _, command = checks[0].partition("CMD ")
+    assert exec_form(command)[:2] == ["python3", "-c"]
+    assert probe in exec_form(command)[2]
+    assert "--interval=" in options and "--retries=" in options
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_images_build_from_the_base_named_by_the_environment(
+    compose: dict[str, Any], role: str
+) -> None:
+    args = service(compose, role)["build"]["args"]
+    assert args == {"BASE_IMAGE": "${REVGW_BASE_IMAGE:-python:3.11-slim}"}
+
+
+def test_one_file_for_compose_v1_and_v2(compose: dict[str, Any]) -> None:
+    # No `version:` (Compose v2 warns about it); docker-compose 1.29 reads the
+    # Compose Specification without it. `up --wait` and the like are v2 only, so
+    # readiness is expressed in depends_on conditions, which both honour.
+    assert "version" not in compose
+
+
+def dependencies(compose: dict[str, Any], role: str) -> dict[str, str]:
+    depends = service(compose, role).get("depends_on", {})
+    if isinstance(depends, list):
+        return dict.fromkeys(depends, "service_started")
+    return {name: spec["condition"] for name, spec in depends.items()}
+
+
+def test_the_producer_starts_once_the_chain_is_ready(compose: dict[str, Any]) -> None:
+    assert dependencies(compose, "producer") == {"gateway": "service_healthy"}
+    # The gateway is healthy once GET /ping through it answers 200: it needs a
+    # client and the server, so the chain works end to end.
+    check = service(compose, "gateway")["healthcheck"]
+    assert check["test"][:3] == ["CMD", "python3", "-c"]
+    assert "http://127.0.0.1:9000/ping" in check["test"][3]
+    assert "start_period" in check
+    # No deadlock: the clients wait for the gateway to start, not to be healthy,
+    # and for the server to answer (its image's healthcheck).
+    assert dependencies(compose, "client") == {
+        "gateway": "service_started",
+        "server": "service_healthy",
+    }
+    assert dependencies(compose, "gateway") == {}
+    assert dependencies(compose, "server") == {}
+
+
 def test_dockerignore_keeps_the_context_small() -> None:
-    ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".venv", ".git", "tests"} <= ignored
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    # Everything is left out but what the Dockerfiles COPY.
+    assert lines[0] == "*"
+    kept = {line[1:] for line in lines if line.startswith("!")}
+    assert kept == {"pyproject.toml", "README.md", "src", "examples"}
 
 
-def test_ci_script_is_executable_bash() -> None:
-    script = ROOT / ".ci" / "run"
+@pytest.mark.parametrize("path", [".ci/run", "cmd/prepare-docker.sh"])
+def test_scripts_are_executable_bash(path: str) -> None:
+    script = ROOT / path
     assert os.access(script, os.X_OK)
     assert "set -euo pipefail" in script.read_text()
     subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_ci_prepares_docker_before_the_tests() -> None:
+    text = (ROOT / ".ci" / "run").read_text()
+    main = text[text.index("\nmain() {") :]
+    assert "cmd/prepare-docker.sh" in text
+    assert main.index("prepare_docker") < main.index("run_tests")
+    assert "REVGW_BASE_IMAGE" in text
 
 
 # --- Makefile ---------------------------------------------------------------------------
