@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from revgw._errors import BadRequest
-from revgw._http import EndOfMessage, RequestHead, RequestReader
+from revgw._http import EndOfMessage, RequestHead, RequestReader, ResponseReader, ResponseState
 
 
 def test_pipelined_body_does_not_count_towards_the_next_head() -> None:
@@ -39,3 +39,18 @@ def test_events_parsed_before_an_error_in_the_same_read_are_kept() -> None:
         raise AssertionError("garbage was accepted")
     assert isinstance(parsed[0], RequestHead) and parsed[0].target == b"/ok"
     assert isinstance(parsed[-1], EndOfMessage)
+
+
+def test_close_caller_rewrites_only_the_final_head() -> None:
+    # The caller asked to close: its answer must say so, whatever the server said.
+    reader = ResponseReader(b"GET", close_caller=True)
+    out = reader.feed(
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    assert out == (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+    )
+    assert reader.state is ResponseState.DONE

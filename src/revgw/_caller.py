@@ -122,8 +122,10 @@ class CallerConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._caller_eof = True
-        if self.state is CallerState.READING and not self._queue:
-            self._close_now()
+        if self.state is CallerState.CLOSING or (
+            self.state is CallerState.READING and not self._queue
+        ):
+            self._close_now()  # nothing left to answer or to drain
             return False
         return True  # the answer in progress can still be written
 

@@ -49,7 +49,9 @@ class Exchange:
         self.head = head
         self.attempt = attempt
         self.state = ExchangeState.SENDING
-        self.response = ResponseReader(head.method)
+        # A caller that asked to close must read so in the answer (the server
+        # was asked to keep the tunnel connection alive, and will say so).
+        self.response = ResponseReader(head.method, close_caller=not head.keep_alive)
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._heard_back = False  # any byte at all from the tunnel connection
@@ -57,6 +59,7 @@ class Exchange:
         # echo streaming back, an early error), so the request side keeps its
         # own flag: the body must keep flowing while the response does.
         self._request_done = False
+        self._tunnel_paused = False
 
     def start(self, rendered_head: bytes) -> None:
         self.conn.pair(self, rendered_head, self.caller.peer)
@@ -123,10 +126,16 @@ class Exchange:
                 died=not self._heard_back,
             )
 
+    # Backpressure: while one side cannot take more, stop reading the other.
+    # Whatever the exchange pauses it also resumes when it ends (``_end``): a
+    # connection must not turn warm, or a caller wait for its next request,
+    # with reading still paused.
+
     def upstream_paused(self, paused: bool) -> None:
         self.caller.pause_reading("upstream", paused)
 
     def caller_paused(self, paused: bool) -> None:
+        self._tunnel_paused = paused
         transport = self.conn.transport
         if transport is None or transport.is_closing():
             return
@@ -170,6 +179,9 @@ class Exchange:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._tunnel_paused:
+            self.caller_paused(False)
+        self.upstream_paused(False)
 
     def _finish(self, upgraded: bool = False) -> None:
         request_done = self._request_done

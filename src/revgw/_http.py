@@ -287,9 +287,13 @@ class ResponseReader:
     """
 
     def __init__(
-        self, request_method: bytes, max_head_bytes: int = MAX_RESPONSE_HEAD_BYTES
+        self,
+        request_method: bytes,
+        max_head_bytes: int = MAX_RESPONSE_HEAD_BYTES,
+        close_caller: bool = False,
     ) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        self._close_caller = close_caller  # rewrite the final head to say Connection: close
         self._is_head_request = request_method == b"HEAD"
         self._max_head = max_head_bytes
         self._held = bytearray()
@@ -353,6 +357,9 @@ class ResponseReader:
             head_len = _head_end(data, self._interims + 1)
         if self._garbage_in_feed and self.state is ResponseState.DONE and not self._chunked:
             data = data[: head_len + self._body_in_feed]
+        if head_len and self._close_caller:
+            start = _head_end(data, self._interims) if self._interims else 0
+            data = data[:start] + _saying_close(data[start:head_len]) + data[head_len:]
         self.sent_bytes += len(data)
         return data
 
@@ -426,6 +433,17 @@ class ResponseReader:
     def on_message_complete(self) -> None:
         if self.state is ResponseState.BODY:
             self.state = ResponseState.DONE
+
+
+def _saying_close(head: bytes) -> bytes:
+    """``head`` with its Connection and Keep-Alive headers replaced by ``Connection: close``."""
+    lines = head.split(b"\r\n")[:-2]  # the head ends with an empty line
+    kept = [
+        line
+        for line in lines[1:]
+        if line.partition(b":")[0].strip().lower() not in (b"connection", b"keep-alive")
+    ]
+    return b"\r\n".join([lines[0], *kept, b"Connection: close", b"", b""])
 
 
 def _head_end(buffer: bytes | bytearray, count: int) -> int:
