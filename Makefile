@@ -6,7 +6,7 @@ PYTHON ?= python3
 NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
 
 .DEFAULT_GOAL := compose
-.PHONY: compose local netns-demo test lint fmt clean help images screenshot
+.PHONY: compose local netns-demo test bench lint fmt clean help images screenshot
 
 compose: ## run the four-service demo with Docker Compose (or say how to run it without Docker)
 	@if ! docker info >/dev/null 2>&1; then \
@@ -25,6 +25,9 @@ netns-demo: $(VENV)/.installed ## the compose demo in four network namespaces, n
 
 test: lint ## lint, type-check, then run the test suite
 	$(VENV)/bin/pytest
+
+bench: $(VENV)/.installed ## measure the tunnel against the direct path (nginx, wrk; a few minutes)
+	$(PY) -m benchmarks
 
 lint: $(VENV)/.installed-test ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,49 @@
+"""The benchmark harness (benchmarks/) keeps working: its smoke mode, a few seconds long.
+
+Functional checks only (files written, keys present, the burst all answered):
+never a timing assertion, since a loaded CI machine may be slow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_run_writes_markdown_and_json(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--no-install", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    markdown = (tmp_path / "smoke.md").read_text()
+    assert "| figure | direct | tunnel |" in markdown
+    result = json.loads((tmp_path / "smoke.json").read_text())
+
+    for key in ("date", "mode", "machine", "setup", "rounds", "idle_pool", "figures", "errors"):
+        assert key in result, key
+    assert result["mode"] == "smoke"
+    assert result["errors"] == []
+    for key in ("cores", "cpu", "python", "loop", "revgw_commit"):
+        assert key in result["machine"], key
+
+    (only_round,) = result["rounds"]
+    for side in ("direct", "tunnel"):
+        for phase in ("burst", "keepalive", "fresh", "download"):
+            assert "error" not in only_round[side][phase], only_round[side][phase]
+        burst = only_round[side]["burst"]
+        assert burst["ok"] == burst["sent"] == result["setup"]["burst"], burst
+        assert only_round[side]["keepalive"]["requests"] > 0
+    assert set(only_round["tunnel"]["peak_rss_kib"]) == {"gateway", "client"}
+
+    (pool,) = result["setup"]["idle_pools"]
+    assert result["idle_pool"][str(pool)]["held"] is True
+    # A smoke run judges nothing: its sizes are too small for the targets to mean anything.
+    assert all(figure["passed"] is None for figure in result["figures"])
