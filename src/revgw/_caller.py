@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 import anyio
 
 from ._address import peer_of
+from ._clock import NEVER
 from ._errors import HTTPError
 from ._exchange import Exchange
 from ._http import (
@@ -72,7 +73,7 @@ class CallerConnection(asyncio.Protocol):
         self._queue: deque[RequestEvent | HTTPError] = deque()
         self._queued_bytes = 0
         self._paused: set[str] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = NEVER  # when the current state has lasted too long
         self._wait_scope: anyio.CancelScope | None = None
         self._caller_eof = False
         self._pumping = False
@@ -81,14 +82,17 @@ class CallerConnection(asyncio.Protocol):
 
     def _move(self, state: CallerState, timeout: float | None = None) -> None:
         self.state = state
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+        self.deadline = NEVER if timeout is None else time.monotonic() + timeout
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the gateway's clock: this connection's and its exchange's."""
+        if self.exchange is not None:
+            self.exchange.check_deadline(now)
+        if now >= self.deadline:
+            self.deadline = NEVER
+            self._timed_out()
 
     def _timed_out(self) -> None:
-        self._timer = None
         if self.state is CallerState.READING:
             log.info("caller %s sent no complete request in time; closing", self.peer)
             self._close_now()
@@ -355,15 +359,18 @@ class CallerConnection(asyncio.Protocol):
         """Close after the answer is written, reading and dropping what the caller still sends.
 
         Closing with unread bytes would make the kernel reset the connection,
-        which can destroy the answer before the caller reads it.
+        which can destroy the answer before the caller reads it. When the
+        caller's last request was read to its end and nothing else came, no
+        byte can be unread: close at once (the common case, and the cheap one).
         """
+        nothing_pending = not self._queue and self._reader.between_messages
         self._queue.clear()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         self._paused.clear()
         self._move(CallerState.CLOSING, LINGER)
-        if self._caller_eof or not transport.can_write_eof():
+        if nothing_pending or self._caller_eof or not transport.can_write_eof():
             transport.close()
             return
         transport.write_eof()

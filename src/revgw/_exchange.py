@@ -9,12 +9,12 @@ reached the caller yet, whether to answer 502/504 instead.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from ._clock import NEVER
 from ._errors import BadUpstreamResponse, HTTPError, UpstreamTimeout
 from ._http import LAST_CHUNK, RequestHead, ResponseReader, ResponseState, encode_chunk
 
@@ -53,7 +53,7 @@ class Exchange:
         # was asked to keep the tunnel connection alive, and will say so).
         self.response = ResponseReader(head.method, close_caller=not head.keep_alive)
         self.started = time.monotonic()
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = NEVER  # while AWAITING: when the server is too slow
         self._heard_back = False  # any byte at all from the tunnel connection
         # The response may begin before the request ends (a 100 Continue, an
         # echo streaming back, an early error), so the request side keeps its
@@ -79,8 +79,7 @@ class Exchange:
         if self.state is not ExchangeState.SENDING:
             return  # the final response is already under way: no wait to time
         self.state = ExchangeState.AWAITING
-        timeout = self.caller.gateway.settings.upstream_timeout
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._too_slow, timeout)
+        self.deadline = time.monotonic() + self.caller.gateway.settings.upstream_timeout
 
     def send_raw(self, data: bytes) -> None:
         """Bytes after an upgrade request: the server may read them once it switches."""
@@ -153,15 +152,12 @@ class Exchange:
     # --- endings --------------------------------------------------------------------
 
     def _received(self) -> None:
-        if self.state is not ExchangeState.RECEIVING:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self.state = ExchangeState.RECEIVING
+        self.state = ExchangeState.RECEIVING  # the deadline only holds while AWAITING
 
-    def _too_slow(self, timeout: float) -> None:
-        self._timer = None
-        if self.state is ExchangeState.AWAITING:
+    def check_deadline(self, now: float) -> None:
+        """Called by the gateway's clock: answer 504 if the server is too slow."""
+        if self.state is ExchangeState.AWAITING and now >= self.deadline:
+            timeout = self.caller.gateway.settings.upstream_timeout
             self._fail(
                 UpstreamTimeout(
                     f"the private server behind tunnel '{self.caller_tunnel}' did not answer "
@@ -176,9 +172,6 @@ class Exchange:
 
     def _end(self) -> None:
         self.state = ExchangeState.DONE
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._tunnel_paused:
             self.caller_paused(False)
         self.upstream_paused(False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from types import TracebackType
@@ -20,6 +21,7 @@ from anyio.abc import TaskGroup
 
 from ._address import parse_address, peer_of
 from ._caller import CallerConnection
+from ._clock import tick_for
 from ._errors import ConfigError
 from ._pool import Registry
 from ._settings import GatewaySettings
@@ -69,6 +71,7 @@ class Gateway:
         try:
             self._task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(self._task_group.cancel_scope.cancel)
+            self._task_group.start_soon(self._run_clock)
             loop = asyncio.get_running_loop()
             public = await _serve(loop, lambda: CallerConnection(self), self.settings.listen)
             stack.push_async_callback(_close_server, public)
@@ -102,6 +105,25 @@ class Gateway:
         """Serve until cancelled (the CLI's way)."""
         async with self:
             await anyio.sleep_forever()
+
+    async def _run_clock(self) -> None:
+        """Every tick, let each connection and exchange act on its passed deadline (_clock.py)."""
+        settings = self.settings
+        tick = tick_for(
+            settings.heartbeat,
+            settings.handshake_timeout,
+            settings.header_timeout,
+            settings.idle_timeout,
+            settings.upstream_timeout,
+            settings.warm_timeout,
+        )
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.tunnel_conns):
+                conn.check_deadline(now)
+            for caller in list(self.callers):
+                caller.check_deadlines(now)
 
     def _new_tunnel_conn(self) -> TunnelConnection:
         self._conn_count += 1

@@ -111,7 +111,13 @@ class RequestReader:
         self._consumed = 0  # bytes of this feed known to belong to earlier parts
         self._begin_mark: int | None = None  # _consumed when this feed began a head
         self._in_head = False
+        self._in_message = False
         self._upgraded = False
+
+    @property
+    def between_messages(self) -> bool:
+        """True when every request begun so far has ended: no byte of one is pending."""
+        return not self._in_message and not self._upgraded
 
     @property
     def parsed_before_error(self) -> list[RequestEvent]:
@@ -157,6 +163,7 @@ class RequestReader:
     # httptools callbacks: record only.
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._begin_mark = self._consumed
         self._url = b""
         self._headers = []
@@ -227,6 +234,7 @@ class RequestReader:
         self._events.append(Body(bytes(body)))
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         self._events.append(END)
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from . import _handshake as hs
 from ._address import peer_of
+from ._clock import NEVER
 from ._errors import AccessDenied, ProtocolError
 
 if TYPE_CHECKING:
@@ -66,7 +68,7 @@ class TunnelConnection(asyncio.Protocol):
         self.exchange: Upstream | None = None
         self._reader = hs.LineReader()
         self._challenge = hs.Challenge.new(gateway.settings.heartbeat)
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = NEVER  # when the current state has lasted too long
 
     def __repr__(self) -> str:
         return f"<TunnelConnection {self.name} {self.state.value}>"
@@ -77,11 +79,7 @@ class TunnelConnection(asyncio.Protocol):
         log.debug("[%s] %s -> %s", self.name, self.state.value, state.value)
         old = self.state
         self.state = state
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if timeout is not None:
-            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+        self.deadline = NEVER if timeout is None else time.monotonic() + timeout
         tunnel = self.tunnel
         if tunnel is None:
             return
@@ -96,8 +94,13 @@ class TunnelConnection(asyncio.Protocol):
         elif state is TunnelState.WARM:
             tunnel.offer(self, warm=True)
 
+    def check_deadline(self, now: float) -> None:
+        """Called by the gateway's clock."""
+        if now >= self.deadline:
+            self.deadline = NEVER
+            self._timed_out()
+
     def _timed_out(self) -> None:
-        self._timer = None
         state = self.state
         if state is TunnelState.HANDSHAKE:
             log.warning("tunnel port: %s sent no handshake in time; closing", self.peer)
