@@ -274,7 +274,7 @@ class CallerConnection(asyncio.Protocol):
         exchange.started = started
         self.exchange = exchange
         caller_ip = self.peer.rpartition(":")[0].strip("[]")
-        exchange.start(render_request_head(head, caller_ip))
+        exchange.start(render_request_head(head, caller_ip, self.gateway.public_scheme))
         self._pump()
 
     # --- called by the exchange --------------------------------------------------------------

@@ -53,6 +53,7 @@ class Gateway:
         self.splices: set[Splice] = set()  # upgraded (e.g. WebSocket) connections
         self.address = ""
         self.tunnel_address = ""
+        self.public_scheme = "http"  # what X-Forwarded-Proto tells the private server
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._conn_count = 0
