@@ -6,7 +6,7 @@ PYTHON ?= python3
 NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
 
 .DEFAULT_GOAL := compose
-.PHONY: compose local netns-demo test bench lint fmt clean help images screenshot
+.PHONY: compose local netns-demo test bench fuzz lint fmt clean help images screenshot
 
 compose: ## run the four-service demo with Docker Compose (or say how to run it without Docker)
 	@if ! docker info >/dev/null 2>&1; then \
@@ -28,6 +28,16 @@ test: lint ## lint, type-check, then run the test suite
 
 bench: $(VENV)/.installed ## measure the tunnel against the direct path (nginx, wrk; a few minutes)
 	$(PY) -m benchmarks
+
+fuzz: $(VENV)/.installed-test ## replay the fuzz corpus; with atheris, FUZZ_SECONDS=600 make fuzz explores
+	$(PY) fuzz/fuzz_http.py --replay fuzz/corpus/http
+	$(PY) fuzz/fuzz_handshake.py --replay fuzz/corpus/handshake
+	@# libFuzzer writes new inputs into the first directory it is given: keep the corpus second.
+	@if [ -n "$(FUZZ_SECONDS)" ] && $(PY) -c "import atheris" 2>/dev/null; then \
+		mkdir -p /tmp/revgw-fuzz/http /tmp/revgw-fuzz/handshake; \
+		$(PY) fuzz/fuzz_http.py /tmp/revgw-fuzz/http fuzz/corpus/http -max_total_time=$(FUZZ_SECONDS) -max_len=2048; \
+		$(PY) fuzz/fuzz_handshake.py /tmp/revgw-fuzz/handshake fuzz/corpus/handshake -max_total_time=$(FUZZ_SECONDS) -max_len=2048; \
+	fi
 
 lint: $(VENV)/.installed-test ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .

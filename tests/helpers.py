@@ -11,6 +11,12 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+import anyio
+
+from conftest import TOKEN
+from revgw import Gateway
+from revgw import _handshake as hs
+
 
 @dataclass
 class Response:
@@ -193,3 +199,20 @@ class FakeGateway:
         await self._accepted.put((reader, writer))
         await self._done.wait()
         writer.close()
+
+
+async def fake_client(
+    gw: Gateway, client_id: str, hosts: tuple[str, ...] = ()
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw tunnel connection that completes the handshake, then does only what the test says."""
+    reader, writer = await asyncio.open_connection(*split(gw.tunnel_address))
+    try:
+        with anyio.fail_after(5):
+            challenge = hs.parse_challenge(await read_line(reader))
+            hello = hs.make_hello(TOKEN, challenge, "default", client_id, hosts)
+            writer.write(hello.line())
+            hs.check_verdict(TOKEN, challenge, hello, await read_line(reader))
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer

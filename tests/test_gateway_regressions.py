@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 from conftest import ClientFactory, GatewayFactory
-from helpers import Connection, get
+from helpers import Connection, fake_client, get
 
 
 async def test_a_caller_asking_to_close_is_told_the_connection_closes(
@@ -94,3 +94,26 @@ async def test_a_response_ending_under_backpressure_leaves_a_usable_warm_connect
         answer = await get(gw.address, "/again")  # takes the warm connection
         assert (answer.status, len(answer.body)) == (200, 30_000)
     server.close()
+
+
+async def test_a_tunnel_whose_connections_all_upgraded_is_busy_not_offline(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Its client is still connected: a caller waits in line, and is not told 'offline'."""
+    async with make_gateway(pool_wait=0.3) as gw:
+        reader, writer = await fake_client(gw, "ws-only")  # the tunnel's one connection
+        caller = await Connection.open(gw.address)
+        await caller.send(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        assert (await reader.readline()).startswith(b"START")
+        await reader.readuntil(b"\r\n\r\n")  # the upgrade request, as the server gets it
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        assert (await caller.read_response()).status == 101
+        answer = await get(gw.address, "/ping")
+        assert answer.status == 503
+        assert answer.header("x-revgw-error") == "no-free-connection"
+        writer.close()
+        await caller.close()

@@ -24,7 +24,7 @@ import anyio
 import pytest
 
 from conftest import TOKEN, ClientFactory, GatewayFactory, held
-from helpers import Connection, FakeGateway, get, read_line, split
+from helpers import Connection, FakeGateway, fake_client, get, read_line, split
 from revgw import Client, Gateway
 from revgw import _handshake as hs
 from revgw_examples.server import Server
@@ -112,23 +112,6 @@ async def until_idle(gw: Gateway, count: int) -> None:
     with anyio.fail_after(10):
         while tunnel.idle_count < count:  # noqa: ASYNC110 - another process, no event to await
             await anyio.sleep(0.01)
-
-
-async def fake_client(
-    gw: Gateway, client_id: str, hosts: tuple[str, ...] = ()
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw tunnel connection that completes the handshake, then does only what the test says."""
-    reader, writer = await asyncio.open_connection(*split(gw.tunnel_address))
-    try:
-        with anyio.fail_after(5):
-            challenge = hs.parse_challenge(await read_line(reader))
-            hello = hs.make_hello(TOKEN, challenge, "default", client_id, hosts)
-            writer.write(hello.line())
-            hs.check_verdict(TOKEN, challenge, hello, await read_line(reader))
-    except BaseException:
-        writer.close()
-        raise
-    return reader, writer
 
 
 @asynccontextmanager

@@ -27,7 +27,7 @@ import anyio
 
 from ._address import peer_of
 from ._clock import NEVER
-from ._errors import HTTPError
+from ._errors import Forbidden, HTTPError, Unauthorized
 from ._exchange import Exchange
 from ._http import (
     Body,
@@ -35,6 +35,7 @@ from ._http import (
     RequestEvent,
     RequestHead,
     RequestReader,
+    TrustedProxies,
     Upgraded,
     error_response,
     render_request_head,
@@ -131,7 +132,9 @@ class CallerConnection(asyncio.Protocol):
         ):
             self._close_now()  # nothing left to answer or to drain
             return False
-        return True  # the answer in progress can still be written
+        # The answer in progress can still be written (a TLS transport cannot
+        # half-close, and asyncio warns if told to try).
+        return self.transport is not None and self.transport.can_write_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(CallerState.CLOSED)
@@ -226,6 +229,7 @@ class CallerConnection(asyncio.Protocol):
         started = time.monotonic()
         try:
             tunnel = self.gateway.registry.route(head.host)
+            self._check_access(tunnel, head)
         except HTTPError as exc:
             self._answer(exc, head, started)
             return
@@ -237,6 +241,27 @@ class CallerConnection(asyncio.Protocol):
         else:
             self.gateway.task_group.start_soon(
                 self._wait_for_connection, head, tunnel, attempt, started
+            )
+
+    def _check_access(self, tunnel: Tunnel[TunnelConnection], head: RequestHead) -> None:
+        """Raise Forbidden or Unauthorized if the tunnel's rules keep this caller out.
+
+        Checked before pairing, so a refused caller never reaches the client.
+        The address is this connection's peer (a proxy in front of the gateway
+        is what is checked, whatever X-Forwarded-For says). ``Authorization``
+        is forwarded as it came: the private server may use it too.
+        """
+        access = tunnel.access
+        if access.empty:
+            return
+        address = self.peer.rpartition(":")[0].strip("[]")
+        if not access.address_allowed(address):
+            raise Forbidden(f"tunnel '{tunnel.name}' does not accept callers from {address}")
+        values = [value for name, value in head.headers if name.lower() == b"authorization"]
+        if not access.authorized(values[0] if len(values) == 1 else None):
+            raise Unauthorized(
+                f"tunnel '{tunnel.name}' needs a user name and password (HTTP Basic auth)",
+                realm=f"revgw tunnel {tunnel.name}",
             )
 
     async def _wait_for_connection(
@@ -274,7 +299,10 @@ class CallerConnection(asyncio.Protocol):
         exchange.started = started
         self.exchange = exchange
         caller_ip = self.peer.rpartition(":")[0].strip("[]")
-        exchange.start(render_request_head(head, caller_ip, self.gateway.public_scheme))
+        trusted = caller_ip in TrustedProxies.of(self.gateway.settings.trusted_proxies)
+        exchange.start(
+            render_request_head(head, caller_ip, self.gateway.public_scheme, trusted=trusted)
+        )
         self._pump()
 
     # --- called by the exchange --------------------------------------------------------------
@@ -308,9 +336,16 @@ class CallerConnection(asyncio.Protocol):
         self.gateway.callers.discard(self)
         pending = b"".join(e.data for e in self._queue if isinstance(e, Upgraded))
         self._queue.clear()
-        splice = Splice(on_closed=self.gateway.splices.discard)
-        self.gateway.splices.add(splice)
-        tunnel_transport = exchange.conn.detach()
+        conn = exchange.conn
+        gateway = self.gateway
+
+        def closed(splice: Splice) -> None:
+            gateway.splices.discard(splice)
+            conn.splice_closed()
+
+        splice = Splice(on_closed=closed)
+        gateway.splices.add(splice)
+        tunnel_transport = conn.detach()
         Splice.adopt(splice.b, tunnel_transport)
         Splice.adopt(splice.a, self.transport)
         if pending:

@@ -32,6 +32,7 @@ from ._errors import AccessDenied, ConfigError
 from ._gateway import Gateway
 from ._loop import backend_options
 from ._settings import ClientSettings, GatewaySettings
+from ._tls import UntrustedGateway
 from ._util import errors_in
 
 ENV_PREFIX = "REVGW_"
@@ -81,7 +82,7 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         env = ENV_PREFIX + field.name.upper()
-        _, repeats = _field_type(cls, field)
+        convert, repeats = _field_type(cls, field)
         default = field.default if field.default is not dataclasses.MISSING else ()
         shown = "none" if default in (None, (), "") or field.name == "token" else default
         help_text = f"{field.metadata.get('help', '')} (env {env}; default: {shown})"
@@ -93,6 +94,9 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
             type=str,
             default=None,
             help=help_text,
+            # A yes/no setting reads as a plain switch (--tls), or takes a value (--tls no).
+            nargs="?" if convert is _boolean else None,
+            const="true" if convert is _boolean else None,
         )
 
 
@@ -184,6 +188,8 @@ def _run(main: Callable[[], Awaitable[int]]) -> int:
 
 async def _gateway(settings: GatewaySettings) -> int:
     async with Gateway(settings) as gateway:
+        if gateway.settings.tokens is not None:
+            await _reload_on_sighup(gateway)  # runs until cancelled
         if settings.token is None:
             # Printed once the port is bound: "--tunnel-listen ...:0" has its real port
             # only now, and a gateway that cannot listen must not hand out a command.
@@ -197,6 +203,25 @@ async def _gateway(settings: GatewaySettings) -> int:
             )
         await anyio.sleep_forever()
     return 0
+
+
+async def _reload_on_sighup(gateway: Gateway) -> None:
+    """``kill -HUP``: re-read --tokens; a bad file keeps the tokens in use, saying why."""
+    log = logging.getLogger("revgw.gateway")
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        # Logged once the handler is in place: a SIGHUP from now on reloads, never kills.
+        log.info(
+            "scoped tokens: %d tenant(s) from %s; SIGHUP reloads it",
+            len(gateway.tokens),
+            gateway.settings.tokens,
+        )
+        async for _ in signals:
+            try:
+                summary = gateway.reload_tokens()
+            except ConfigError as exc:
+                log.warning("SIGHUP: kept the tokens in use: %s", exc)
+            else:
+                log.info("SIGHUP: reloaded %s: %s", gateway.settings.tokens, summary)
 
 
 async def _client(settings: ClientSettings) -> int:
@@ -282,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     _setup_logging(args.log_level)
     try:
         code = _run(lambda: role_main(settings))
+    except UntrustedGateway as exc:  # our verdict on the gateway, not the gateway's on us
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        code = 1
     except AccessDenied as exc:
         print(f"{prog}: the gateway denied this client: {exc}", file=sys.stderr)
         code = 1

@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import random
+import ssl
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from types import TracebackType
@@ -27,6 +28,8 @@ from ._errors import AccessDenied, ProtocolError, UpstreamUnreachable
 from ._http import error_response
 from ._settings import ClientSettings
 from ._splice import Splice
+from ._tls import GatewayTrust, TlsFailed, describe_tls_error
+from ._tokens import declared_fields
 from ._util import unwrap_group
 
 log = logging.getLogger("revgw.client")
@@ -53,6 +56,7 @@ class TunnelLink(asyncio.Protocol):
         self._hello: hs.Hello | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._pending = b""
+        self.silent = True  # nothing received yet
 
     def _move(self, state: LinkState) -> None:
         """The one place a link changes state."""
@@ -68,8 +72,19 @@ class TunnelLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        if self.keeper.trust is not None:
+            # Before reading the CHALLENGE: no answer derived from the token goes to
+            # a gateway whose certificate is not the one we trust.
+            try:
+                self.keeper.trust.check(transport)
+            except AccessDenied as exc:
+                self.state = LinkState.CLOSED  # read nothing more
+                self._fail(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.state is LinkState.CLOSED:
+            return
+        self.silent = False
         self._reader.feed(data)
         try:
             while self.state in (LinkState.HANDSHAKE, LinkState.IDLE):
@@ -88,8 +103,17 @@ class TunnelLink(asyncio.Protocol):
         assert self.transport is not None and settings.token
         if self._challenge is None:
             self._challenge = hs.parse_challenge(line)
+            basic, cidrs = declared_fields(
+                settings.tunnel, settings.basic_auth, settings.allow_cidr
+            )
             self._hello = hs.make_hello(
-                settings.token, self._challenge, settings.tunnel, settings.client_id, settings.host
+                settings.token,
+                self._challenge,
+                settings.tunnel,
+                settings.client_id,
+                settings.host,
+                basic=basic,
+                cidrs=cidrs,
             )
             self.transport.write(self._hello.line())
             return
@@ -184,7 +208,7 @@ class TunnelLink(asyncio.Protocol):
             self.ready.set_exception(
                 ProtocolError(
                     "the gateway closed the connection during the handshake "
-                    "(is this its tunnel port, and is the gateway overloaded?)"
+                    "(is this its tunnel port? does it speak TLS, needing --tls? is it overloaded?)"
                 )
             )
         return False
@@ -235,6 +259,16 @@ class Keeper:
         self._idle_event = anyio.Event()
         self._count = 0
         self._dialled_once = False
+        self.trust: GatewayTrust | None = None
+        if settings.tls:
+            self.trust = GatewayTrust(
+                gateway,
+                ca=settings.ca,
+                fingerprint=settings.fingerprint,
+                trust_on_first_use=settings.trust_on_first_use,
+                known_gateways=settings.known_gateways,
+                server_name=settings.server_name,
+            )
 
     @property
     def idle_count(self) -> int:
@@ -303,11 +337,34 @@ class Keeper:
         self._count += 1
         loop = asyncio.get_running_loop()
         link = TunnelLink(self, self._count)
+        trust = self.trust
+        tls: dict[str, Any] = {}
+        if trust is not None:
+            tls = {
+                "ssl": trust.context,
+                "server_hostname": trust.server_hostname,
+                "ssl_handshake_timeout": self.settings.dial_timeout,
+            }
         try:
             with anyio.fail_after(self.settings.dial_timeout):
-                await loop.create_connection(lambda: link, self.gateway.host, self.gateway.port)
+                await loop.create_connection(
+                    lambda: link, self.gateway.host, self.gateway.port, **tls
+                )
                 self.links.add(link)
                 await link.ready
+        except ssl.SSLError as exc:
+            self.links.discard(link)
+            link.close()
+            raise TlsFailed(describe_tls_error(exc)) from exc
+        except TimeoutError as exc:
+            self.links.discard(link)
+            link.close()
+            if trust is None and link.transport is not None and link.silent:
+                raise ProtocolError(
+                    f"the gateway sent no CHALLENGE in {self.settings.dial_timeout:g} s"
+                    " (if its tunnel port speaks TLS, pass --tls, --ca or --fingerprint)"
+                ) from exc
+            raise
         except BaseException:
             self.links.discard(link)
             link.close()

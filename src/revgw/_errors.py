@@ -42,10 +42,27 @@ class HTTPError(RevgwError):
     status: int = 500
     code: str = "internal-error"
     retry_after: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (WWW-Authenticate)
 
 
 class BadRequest(HTTPError):
     status, code = 400, "bad-request"
+
+
+class Unauthorized(HTTPError):
+    """The tunnel wants Basic credentials the caller did not send (or got wrong)."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, realm: str) -> None:
+        super().__init__(message)
+        self.headers = (("WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"'),)
+
+
+class Forbidden(HTTPError):
+    """The caller's address is outside every network the tunnel allows."""
+
+    status, code = 403, "forbidden"
 
 
 class NoTunnel(HTTPError):

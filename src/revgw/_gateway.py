@@ -11,6 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from types import TracebackType
@@ -26,6 +27,8 @@ from ._errors import ConfigError
 from ._pool import Registry
 from ._settings import GatewaySettings
 from ._splice import Splice
+from ._tls import TlsHandOff, file_fingerprint, server_context
+from ._tokens import Tokens, load_tokens
 from ._tunnel_conn import TunnelConnection
 from ._util import unwrap_group
 
@@ -38,13 +41,19 @@ class Gateway:
     ``async with Gateway(listen="0.0.0.0:9000", token=...) as gw:`` binds
     both ports on enter (``gw.address`` and ``gw.tunnel_address`` tell where,
     also when port 0 was asked) and closes every connection on exit. Without
-    a token one is generated: read it from ``gw.token``. Raises ConfigError
+    a token or a tokens file one is generated: read it from ``gw.token``
+    (None with ``tokens=FILE``; see ``reload_tokens``). Raises ConfigError
     on enter if a port cannot be bound.
     """
 
     def __init__(self, settings: GatewaySettings | None = None, /, **overrides: Any) -> None:
         self.settings = replace(settings, **overrides) if settings else GatewaySettings(**overrides)
-        self.token: str = self.settings.token or secrets.token_urlsafe(24)
+        self.token: str | None = None
+        if self.settings.tokens is not None:
+            self.tokens = load_tokens(self.settings.tokens)
+        else:
+            self.token = self.settings.token or secrets.token_urlsafe(24)
+            self.tokens = Tokens.single(self.token)
         self.registry: Registry[TunnelConnection] = Registry(
             self.settings.default_tunnel, self.settings.max_warm
         )
@@ -53,7 +62,8 @@ class Gateway:
         self.splices: set[Splice] = set()  # upgraded (e.g. WebSocket) connections
         self.address = ""
         self.tunnel_address = ""
-        self.public_scheme = "http"  # what X-Forwarded-Proto tells the private server
+        # What X-Forwarded-Proto tells the private server.
+        self.public_scheme = "https" if self.settings.public_tls_cert else "http"
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._conn_count = 0
@@ -74,9 +84,24 @@ class Gateway:
             stack.callback(self._task_group.cancel_scope.cancel)
             self._task_group.start_soon(self._run_clock)
             loop = asyncio.get_running_loop()
-            public = await _serve(loop, lambda: CallerConnection(self), self.settings.listen)
+            settings = self.settings
+            public_factory = _secured(
+                lambda: CallerConnection(self),
+                cert=settings.public_tls_cert,
+                key=settings.public_tls_key,
+                timeout=settings.header_timeout,
+                port_name="public port",
+            )
+            tunnel_factory = _secured(
+                self._new_tunnel_conn,
+                cert=settings.tls_cert,
+                key=settings.tls_key,
+                timeout=settings.handshake_timeout,
+                port_name="tunnel port",
+            )
+            public = await _serve(loop, public_factory, settings.listen)
             stack.push_async_callback(_close_server, public)
-            tunnel = await _serve(loop, self._new_tunnel_conn, self.settings.tunnel_listen)
+            tunnel = await _serve(loop, tunnel_factory, settings.tunnel_listen)
             stack.push_async_callback(_close_server, tunnel)
             stack.callback(self._close_connections)
         except BaseException:
@@ -86,10 +111,17 @@ class Gateway:
         self.tunnel_address = peer_of(tunnel.sockets[0].getsockname())
         self._stack = stack
         log.info(
-            "gateway listening: callers on %s, tunnel clients on %s",
+            "gateway listening: callers on %s, tunnel clients on %s%s%s",
             self.address,
             self.tunnel_address,
+            "; HTTPS on the public port" if self.settings.public_tls_cert else "",
+            "; TLS on the tunnel port" if self.settings.tls_cert else "",
         )
+        if self.settings.tls_cert:
+            log.info(
+                "tunnel certificate %s (clients can pin it with --fingerprint)",
+                file_fingerprint(self.settings.tls_cert),
+            )
         return self
 
     async def __aexit__(
@@ -101,6 +133,25 @@ class Gateway:
         assert self._stack is not None
         with unwrap_group():
             await self._stack.__aexit__(exc_type, exc, tb)
+
+    def reload_tokens(self) -> str:
+        """Re-read the tokens file: new handshakes use the new grants, live connections stay.
+
+        Returns a one-line summary for the log. Raises ConfigError, keeping
+        the tokens in use, if the file is now unusable or none was given.
+        """
+        if self.settings.tokens is None:
+            raise ConfigError("no --tokens file to reload (this gateway uses one --token)")
+        tokens = load_tokens(self.settings.tokens)
+        old = {t.name for t in self.tokens.tenants.values()}
+        new = {t.name for t in tokens.tenants.values()}
+        self.tokens = tokens
+        summary = f"{len(new)} tenant(s)"
+        if new - old:
+            summary += ", added " + ", ".join(sorted(new - old))
+        if old - new:
+            summary += ", removed " + ", ".join(sorted(old - new))
+        return summary
 
     async def run(self) -> None:
         """Serve until cancelled (the CLI's way)."""
@@ -142,10 +193,33 @@ class Gateway:
                 caller.transport.close()
 
 
-async def _serve(loop: asyncio.AbstractEventLoop, factory: Any, address: str) -> asyncio.Server:
+def _secured(
+    factory: Callable[[], asyncio.Protocol],
+    *,
+    cert: str | None,
+    key: str | None,
+    timeout: float,
+    port_name: str,
+) -> tuple[Callable[[], asyncio.Protocol], dict[str, Any]]:
+    """``factory`` itself without a certificate; else a TLS hand-off and create_server's options."""
+    if cert is None or key is None:
+        return factory, {}
+    public = port_name == "public port"
+    flag = "--public-tls-cert" if public else "--tls-cert"
+    context = server_context(cert, key, flag, alpn=["http/1.1"] if public else None)
+    options = {"ssl": context, "ssl_handshake_timeout": timeout}
+    return (lambda: TlsHandOff(factory, timeout, port_name)), options
+
+
+async def _serve(
+    loop: asyncio.AbstractEventLoop,
+    secured: tuple[Callable[[], asyncio.Protocol], dict[str, Any]],
+    address: str,
+) -> asyncio.Server:
+    factory, tls = secured
     host, port = parse_address(address)
     try:
-        return await loop.create_server(factory, host or None, port, backlog=1024)
+        return await loop.create_server(factory, host or None, port, backlog=1024, **tls)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 

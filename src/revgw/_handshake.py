@@ -14,7 +14,10 @@ other field, so the token never crosses the wire and a recorded answer is
 useless on a new connection. ``proof`` is the gateway's HMAC over the client's
 nonce: a client never serves a gateway that cannot show it knows the token.
 ``key`` names the token without revealing it, so a gateway holding several
-tokens knows which one to check.
+tokens knows which one to check. Two optional, signed fields declare who may
+reach the tunnel (``_tokens.Access``): ``basic=`` salted credential hashes
+(never a password) and ``cidr=`` allowed caller networks; a line without them
+is what older clients send, and stays valid.
 
 After READY the connection idles: the gateway sends ``PING``, the client
 answers ``PONG``; ``START <caller>`` ends the line protocol and every later
@@ -42,6 +45,12 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HOST = re.compile(r"[a-z0-9*]([a-z0-9.-]{0,251}[a-z0-9])?")
 _HEX = re.compile(r"[0-9a-f]{16,128}")
+# access rules (optional AUTH fields): credential hashes and networks, checked in _tokens
+_OPTIONAL = {"basic", "cidr"}
+MAX_CREDENTIALS = 4
+MAX_CIDRS = 16
+_BASIC = re.compile(r"pbkdf2-sha256\$[0-9]{4,6}\$[0-9a-f]{8,64}\$[0-9a-f]{16,128}")
+_CIDR = re.compile(r"[0-9a-f.:]{2,39}/[0-9]{1,3}")
 
 
 class LineReader:
@@ -165,12 +174,21 @@ class Hello:
     hosts: tuple[str, ...]
     cnonce: str
     mac: str
+    # Optional access rules for callers (``_tokens.Access``): credential hashes and
+    # networks. Absent from the line when empty, so older clients' lines stay valid.
+    basic: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
 
     def _signed_part(self) -> str:
         hosts = ",".join(self.hosts) or "-"
+        access = ""
+        if self.basic:
+            access += f" basic={','.join(self.basic)}"
+        if self.cidrs:
+            access += f" cidr={','.join(self.cidrs)}"
         return (
             f"key={self.key} tunnel={self.tunnel} client={self.client} "
-            f"hosts={hosts} cnonce={self.cnonce}"
+            f"hosts={hosts}{access} cnonce={self.cnonce}"
         )
 
     def line(self) -> bytes:
@@ -188,22 +206,36 @@ def check_identity(tunnel: str, client: str, hosts: tuple[str, ...]) -> None:
     for host in hosts:
         if not _HOST.fullmatch(host):
             raise ValueError(f"host {host!r} is not a lower-case host name")
+        if "*" in host and (not host.startswith("*.") or "*" in host[1:] or len(host) < 3):
+            raise ValueError(f"host {host!r}: a wildcard is written *.example.com")
 
 
 def make_hello(
-    token: str, challenge: Challenge, tunnel: str, client: str, hosts: tuple[str, ...]
+    token: str,
+    challenge: Challenge,
+    tunnel: str,
+    client: str,
+    hosts: tuple[str, ...],
+    *,
+    basic: tuple[str, ...] = (),
+    cidrs: tuple[str, ...] = (),
 ) -> Hello:
-    unsigned = Hello(token_key(token), tunnel, client, hosts, new_nonce(), "")
+    unsigned = Hello(token_key(token), tunnel, client, hosts, new_nonce(), "", basic, cidrs)
     mac = _mac(token, "auth", challenge.nonce, unsigned._signed_part())
-    return Hello(unsigned.key, tunnel, client, hosts, unsigned.cnonce, mac)
+    return Hello(unsigned.key, tunnel, client, hosts, unsigned.cnonce, mac, basic, cidrs)
 
 
 def parse_hello(line: bytes) -> Hello:
     """Parse the client's AUTH line; anything malformed is a ProtocolError."""
     fields = _fields(line, b"AUTH")
     expected = {"key", "tunnel", "client", "hosts", "cnonce", "mac"}
-    if set(fields) != expected:
-        raise ProtocolError(f"AUTH needs exactly the fields {', '.join(sorted(expected))}")
+    if not expected <= set(fields) <= expected | _OPTIONAL:
+        raise ProtocolError(
+            f"AUTH needs exactly the fields {', '.join(sorted(expected))}"
+            f" (and optionally {', '.join(sorted(_OPTIONAL))})"
+        )
+    basic = _list(fields, "basic", _BASIC, MAX_CREDENTIALS)
+    cidrs = _list(fields, "cidr", _CIDR, MAX_CIDRS)
     hosts = () if fields["hosts"] == "-" else tuple(fields["hosts"].split(","))
     try:
         check_identity(fields["tunnel"], fields["client"], hosts)
@@ -213,8 +245,27 @@ def parse_hello(line: bytes) -> Hello:
         if not _HEX.fullmatch(fields[name]):
             raise ProtocolError(f"AUTH field {name} is not hex")
     return Hello(
-        fields["key"], fields["tunnel"], fields["client"], hosts, fields["cnonce"], fields["mac"]
+        fields["key"],
+        fields["tunnel"],
+        fields["client"],
+        hosts,
+        fields["cnonce"],
+        fields["mac"],
+        basic,
+        cidrs,
     )
+
+
+def _list(
+    fields: dict[str, str], name: str, pattern: re.Pattern[str], limit: int
+) -> tuple[str, ...]:
+    """An optional comma-separated AUTH field, each item matching ``pattern``."""
+    if name not in fields:
+        return ()
+    items = tuple(fields[name].split(","))
+    if len(items) > limit or not all(pattern.fullmatch(item) for item in items):
+        raise ProtocolError(f"AUTH field {name} is malformed (at most {limit} items)")
+    return items
 
 
 def verify_hello(token: str, challenge: Challenge, hello: Hello) -> None:

@@ -13,6 +13,10 @@ here touches a socket, so tests feed bytes whole, byte by byte, or as garbage.
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -42,10 +46,20 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# The gateway says who called; a caller cannot say it for itself.
+# The gateway says who called; a caller cannot say it for itself (unless it
+# is a trusted proxy: see ``TrustedProxies``).
 FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded"}
 )
+
+# Smuggling guards (RFC 9112 11.2). llhttp's strict default (httptools >= 0.6.1;
+# revgw never turns on its "dangerous leniencies") refuses obs-fold, bare CR or
+# LF, bad chunk sizes and malformed Content-Length; tests/test_hygiene.py pins
+# that. What a callback can see is checked again here, so that a more lenient
+# parser still cannot make two servers disagree on where a request ends.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
+_DIGITS = re.compile(rb"[0-9]{1,18}")  # 18 digits: far past any body, never overflows
+_BAD_VALUE_BYTES = re.compile(rb"[\x00\r\n]")
 
 
 @dataclass(slots=True)
@@ -110,6 +124,7 @@ class RequestReader:
         self._head_raw = 0  # raw bytes of a head spanning several feeds
         self._consumed = 0  # bytes of this feed known to belong to earlier parts
         self._begin_mark: int | None = None  # _consumed when this feed began a head
+        self._head_at: int | None = None  # index in this feed's events of the latest head
         self._in_head = False
         self._in_message = False
         self._upgraded = False
@@ -132,6 +147,7 @@ class RequestReader:
             return [Upgraded(data)]
         self._consumed = 0
         self._begin_mark = None
+        self._head_at = None
         events = self._events = []
         try:
             self._parser.feed_data(data)
@@ -139,11 +155,11 @@ class RequestReader:
             self._upgraded = True
             offset = exc.args[0]
             events.append(Upgraded(data[offset:]))
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, HTTPError):
-                raise exc.__context__ from None
-            raise BadRequest(f"malformed request: {exc}") from None
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # HttpParserCallbackError included
+            if self._in_message and self._head_at is not None:
+                # The bad message's own head came in this read: it must not be
+                # forwarded either (only complete requests before it are served).
+                del events[self._head_at :]
             if isinstance(exc.__context__, HTTPError):
                 raise exc.__context__ from None
             raise BadRequest(f"malformed request: {exc}") from None
@@ -165,6 +181,7 @@ class RequestReader:
     def on_message_begin(self) -> None:
         self._in_message = True
         self._begin_mark = self._consumed
+        self._head_at = None
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -176,8 +193,16 @@ class RequestReader:
         self._grow(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
         self._grow(len(name) + len(value) + 4)
+        if not _TOKEN.fullmatch(name):
+            # Whitespace before the colon, or a line folded onto the previous one.
+            raise BadRequest(f"invalid header name {name[:40]!r}")
+        if _BAD_VALUE_BYTES.search(value):
+            raise BadRequest(
+                f"header {name.decode('latin-1')} has a CR, LF or NUL in its value "
+                "(bare line ending or obs-fold)"
+            )
+        self._headers.append((name, value))
 
     def _grow(self, size: int) -> None:
         self._head_size += size
@@ -196,6 +221,38 @@ class RequestReader:
         if len(hosts) > 1:
             raise BadRequest("more than one Host header")  # RFC 9112 3.2
         host = hosts[0] if hosts else b""
+        chunked, content_length = self._framing(version)
+        if not host and version == "1.1":
+            raise BadRequest("HTTP/1.1 request without a Host header")
+        self._head_at = len(self._events)
+        self._events.append(
+            RequestHead(
+                method=method,
+                target=self._url,
+                version=version,
+                headers=self._headers,
+                host=_split_host(host),
+                keep_alive=parser.should_keep_alive(),
+                upgrade=parser.should_upgrade(),
+                chunked=chunked,
+                content_length=content_length,
+            )
+        )
+
+    def _framing(self, version: str) -> tuple[bool, int | None]:
+        """(chunked, Content-Length) of the head just parsed; BadRequest if ambiguous."""
+        lengths = [v for n, v in self._headers if n.lower() == b"content-length"]
+        encodings = [v for n, v in self._headers if n.lower() == b"transfer-encoding"]
+        if lengths and encodings:
+            raise BadRequest("request has both Content-Length and Transfer-Encoding")
+        if len(lengths) > 1:
+            # Even equal values: one is the only unambiguous count (RFC 9112 6.3).
+            raise BadRequest("more than one Content-Length header")
+        if len(encodings) > 1:
+            raise BadRequest("more than one Transfer-Encoding header")
+        if encodings and version == "1.0":
+            # An HTTP/1.0 server downstream would not know chunked (RFC 9112 6.1).
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         chunked = False
         content_length: int | None = None
         for name, value in self._headers:
@@ -212,22 +269,13 @@ class RequestReader:
                     )
                 chunked = True
             elif lower == b"content-length":
-                content_length = int(value)
-        if not host and version == "1.1":
-            raise BadRequest("HTTP/1.1 request without a Host header")
-        self._events.append(
-            RequestHead(
-                method=method,
-                target=self._url,
-                version=version,
-                headers=self._headers,
-                host=_split_host(host),
-                keep_alive=parser.should_keep_alive(),
-                upgrade=parser.should_upgrade(),
-                chunked=chunked,
-                content_length=content_length,
-            )
-        )
+                digits = value.strip(b" \t")
+                if not _DIGITS.fullmatch(digits):
+                    raise BadRequest(
+                        f"Content-Length {value[:30]!r} is not a plain non-negative integer"
+                    )
+                content_length = int(digits)
+        return chunked, content_length
 
     def on_body(self, body: bytes) -> None:
         self._consumed += len(body)
@@ -238,15 +286,59 @@ class RequestReader:
         self._events.append(END)
 
 
-def render_request_head(head: RequestHead, caller_ip: str, proto: str = "http") -> bytes:
-    """The head the gateway sends on: hop-by-hop headers dropped, X-Forwarded-* set."""
+class TrustedProxies:
+    """The caller addresses whose X-Forwarded-* headers are believed.
+
+    A proxy in front of the gateway already says who its caller was; for a
+    caller inside one of these networks the gateway keeps that and appends
+    the proxy's own address, instead of replacing it. Parse once with ``of``.
+    """
+
+    def __init__(self, cidrs: Iterable[str] = ()) -> None:
+        self.networks = tuple(ipaddress.ip_network(c.strip()) for c in cidrs)
+
+    @staticmethod
+    @functools.cache
+    def of(cidrs: tuple[str, ...]) -> TrustedProxies:
+        """The parsed list for a settings value, parsed only the first time it is asked."""
+        return TrustedProxies(cidrs)
+
+    def __contains__(self, ip: object) -> bool:
+        if not self.networks or not isinstance(ip, str):
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False  # "unknown", a Unix socket path: never trusted
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+def render_request_head(
+    head: RequestHead, caller_ip: str, proto: str = "http", trusted: bool = False
+) -> bytes:
+    """The head the gateway sends on: hop-by-hop headers dropped, X-Forwarded-* set.
+
+    ``trusted``: the caller is a trusted proxy, so its X-Forwarded-Proto/-Host
+    (and Forwarded) pass on and its X-Forwarded-For gets ``caller_ip`` appended.
+    """
     named_in_connection: set[bytes] = set()
     for name, value in head.headers:
         if name.lower() == b"connection":
             named_in_connection.update(v.strip().lower() for v in value.split(b","))
     lines = [b"%s %s HTTP/%s" % (head.method, head.target, head.version.encode())]
+    forwarded_for: list[bytes] = []
+    kept: set[bytes] = set()
     for name, value in head.headers:
         lower = name.lower()
+        if lower in FORWARDING and trusted and lower not in named_in_connection:
+            if lower == b"x-forwarded-for":
+                forwarded_for.append(value.strip(b" \t"))
+            else:
+                kept.add(lower)
+                lines.append(name + b": " + value)
+            continue
         if lower in HOP_BY_HOP or lower in FORWARDING or lower in named_in_connection:
             if lower == b"upgrade" and head.upgrade:
                 lines.append(b"Upgrade: " + value)
@@ -258,10 +350,12 @@ def render_request_head(head: RequestHead, caller_ip: str, proto: str = "http") 
         lines.append(b"Connection: close")
     if head.chunked:
         lines.append(b"Transfer-Encoding: chunked")
-    lines.append(b"X-Forwarded-For: " + caller_ip.encode())
-    if head.host:
+    forwarded_for.append(caller_ip.encode())
+    lines.append(b"X-Forwarded-For: " + b", ".join(v for v in forwarded_for if v))
+    if head.host and b"x-forwarded-host" not in kept:
         lines.append(b"X-Forwarded-Host: " + head.host.encode())
-    lines.append(b"X-Forwarded-Proto: " + proto.encode())
+    if b"x-forwarded-proto" not in kept:
+        lines.append(b"X-Forwarded-Proto: " + proto.encode())
     lines.append(b"\r\n")
     return b"\r\n".join(lines)
 
@@ -474,5 +568,7 @@ def error_response(error: HTTPError, keep_alive: bool) -> bytes:
     ]
     if error.retry_after is not None:
         lines.append(b"Retry-After: %d" % error.retry_after)
+    for name, value in error.headers:  # e.g. WWW-Authenticate on a 401
+        lines.append(f"{name}: {value}".encode("latin-1"))
     lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body

@@ -25,6 +25,7 @@ from typing import Generic, Protocol, TypeVar
 import anyio
 
 from ._errors import NoTunnel, PoolTimeout, TunnelOffline
+from ._tokens import Access
 
 log = logging.getLogger("revgw.gateway")
 
@@ -60,6 +61,8 @@ class Tunnel(Generic[C]):
     def __init__(self, name: str, max_warm: int) -> None:
         self.name = name
         self.hosts: set[str] = set()
+        # Who may reach it: set by its first client, kept while it is online (_tokens.py).
+        self.access = Access()
         self.live: set[C] = set()
         self.clients: dict[str, int] = {}
         self._idle: dict[C, None] = {}  # insertion-ordered set: oldest first
@@ -109,6 +112,7 @@ class Tunnel(Generic[C]):
         else:
             self.clients.pop(client, None)
         if not self.live:
+            self.access = Access()
             while self._waiters:
                 waiter = self._waiters.popleft()
                 waiter.error = self.offline_error()
@@ -209,17 +213,29 @@ class Registry(Generic[C]):
             tunnel = self.tunnels[name] = Tunnel(name, self._max_warm)
         return tunnel
 
-    def claim(self, name: str, hosts: tuple[str, ...]) -> Tunnel[C]:
+    def claim(self, name: str, hosts: tuple[str, ...], access: Access | None = None) -> Tunnel[C]:
         """Bind ``hosts`` to tunnel ``name``; raise ValueError if another live tunnel has one.
 
         A Host stays bound while its tunnel is offline, so its callers get
         "tunnel offline" instead of silently reaching some other service.
+        The first client of a tunnel sets its access rules; while it is online
+        a client declaring other rules is refused (ValueError), so no client
+        can open up a tunnel that another one protects.
         """
         for host in hosts:
             owner = self._host_owner.get(host)
             if owner is not None and owner != name and self.tunnels[owner].online:
                 raise ValueError(f"host {host} is already served by tunnel '{owner}'")
+        access = access or Access()
         tunnel = self.tunnel(name)
+        if tunnel.online and tunnel.access != access:
+            raise ValueError(
+                f"tunnel '{name}' is online with other access rules ({tunnel.access.describe()}"
+                f" vs {access.describe()}): give every client of a tunnel the same "
+                "--basic-auth and --allow-cidr"
+            )
+        if not tunnel.online:
+            tunnel.access = access
         for host in hosts:
             previous = self._host_owner.get(host)
             if previous is not None and previous != name:
@@ -231,10 +247,19 @@ class Registry(Generic[C]):
 
     def route(self, host: str) -> Tunnel[C]:
         """The tunnel for a request's Host; raise NoTunnel if none and no default."""
-        name = self._host_owner.get(host) or self._default
+        name = self._host_owner.get(host) or self._wildcard_owner(host) or self._default
         if not name:
             raise NoTunnel(
                 f"no tunnel serves host '{host}'. A client claims a host with "
                 f"revgw client --tunnel NAME --host {host or 'HOSTNAME'}"
             )
         return self.tunnel(name)
+
+    def _wildcard_owner(self, host: str) -> str | None:
+        """The tunnel claiming the most specific ``*.`` wildcard above ``host``, if any."""
+        labels = host.split(".")
+        for start in range(1, len(labels)):
+            owner = self._host_owner.get("*." + ".".join(labels[start:]))
+            if owner is not None:
+                return owner
+        return None

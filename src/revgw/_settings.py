@@ -8,6 +8,7 @@ in code. Values are checked on construction and a bad one raises ConfigError.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -17,6 +18,8 @@ from typing import Any
 from ._address import parse_address
 from ._errors import ConfigError
 from ._handshake import check_identity
+from ._tls import check_pair, load_ca, parse_fingerprint, server_context
+from ._tokens import check_credential, declared_fields, load_tokens
 
 # The longest heartbeat a client accepts in a CHALLENGE (``_handshake.parse_challenge``):
 # a gateway announcing more would be refused by every client.
@@ -43,6 +46,19 @@ def _address(name: str, value: str) -> None:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _networks(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--trusted-proxies`` values, checked and written the canonical way (``10.0.0.0/8``)."""
+    networks = []
+    for value in (v.strip() for v in values):
+        if not value:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(value)))
+        except ValueError as exc:
+            raise ConfigError(f"--trusted-proxies {value!r}: {exc}") from None
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class GatewaySettings:
     listen: str = setting("0.0.0.0:9000", "public HTTP address callers connect to", "HOST:PORT")
@@ -51,6 +67,9 @@ class GatewaySettings:
     )
     token: str | None = setting(
         None, "shared secret clients must prove; generated and printed when unset", "SECRET"
+    )
+    tokens: str | None = setting(
+        None, "TOML file of scoped tokens, one per tenant (re-read on SIGHUP)", "FILE"
     )
     pool_wait: float = setting(
         10.0, "seconds a request waits for a free tunnel connection before 503", "SECONDS"
@@ -74,6 +93,22 @@ class GatewaySettings:
     )
     max_warm: int = setting(64, "warm tunnel connections kept per tunnel", "N")
     max_header_bytes: int = setting(32768, "largest request head accepted (else 431)", "BYTES")
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "proxy address or network whose X-Forwarded-For/-Proto/-Host are kept and appended to"
+        " instead of replaced (repeatable; in env, comma-separated)",
+        "CIDR",
+    )
+    tls_cert: str | None = setting(
+        None, "PEM certificate (chain): the tunnel port speaks TLS (give the key too)", "FILE"
+    )
+    tls_key: str | None = setting(None, "PEM private key of the tunnel certificate", "FILE")
+    public_tls_cert: str | None = setting(
+        None,
+        "PEM certificate (chain): the public port speaks HTTPS (give the key too)",
+        "FILE",
+    )
+    public_tls_key: str | None = setting(None, "PEM private key of the public certificate", "FILE")
 
     def __post_init__(self) -> None:
         _address("--listen", self.listen)
@@ -104,6 +139,22 @@ class GatewaySettings:
                 raise ConfigError(f"--default-tunnel: {exc}") from None
         if self.token is not None and not self.token:
             raise ConfigError("--token must not be empty")
+        if self.tokens is not None:
+            if self.token is not None:
+                raise ConfigError(
+                    "--token and --tokens exclude each other: an all-powerful token next to "
+                    "scoped ones would undo their scoping (give it a tenant in the file)"
+                )
+            load_tokens(self.tokens)  # a bad file stops the gateway before it starts
+        object.__setattr__(self, "trusted_proxies", _networks(self.trusted_proxies))
+        if check_pair(self.tls_cert, self.tls_key, "--tls-cert", "--tls-key"):
+            server_context(self.tls_cert or "", self.tls_key or "", "--tls-cert")
+        if check_pair(
+            self.public_tls_cert, self.public_tls_key, "--public-tls-cert", "--public-tls-key"
+        ):
+            server_context(
+                self.public_tls_cert or "", self.public_tls_key or "", "--public-tls-cert"
+            )
 
 
 def default_client_id() -> str:
@@ -121,12 +172,40 @@ class ClientSettings:
         (), "Host name routed to this tunnel (repeatable; in env, comma-separated)", "HOSTNAME"
     )
     token: str | None = setting(None, "the gateway's shared secret (required)", "SECRET")
+    basic_auth: tuple[str, ...] = setting(
+        (), "callers must send these Basic credentials (repeatable; sent hashed)", "USER:PASS"
+    )
+    allow_cidr: tuple[str, ...] = setting(
+        (), "only callers from these networks reach the tunnel (repeatable)", "CIDR"
+    )
     client_id: str = setting("", "name shown in the gateway's logs; none means hostname-pid", "ID")
     dial_timeout: float = setting(
         5.0, "seconds to connect and authenticate one tunnel connection", "SECONDS"
     )
     max_backoff: float = setting(
         10.0, "longest wait between re-dials while the gateway is unreachable", "SECONDS"
+    )
+    tls: bool = setting(
+        False, "dial the gateway over TLS, verified with the system's CAs", "yes|no"
+    )
+    ca: str | None = setting(
+        None, "verify the gateway against this PEM CA file instead (implies TLS)", "FILE"
+    )
+    fingerprint: str | None = setting(
+        None, "trust only a gateway certificate with this SHA-256 (implies TLS)", "sha256:HEX"
+    )
+    trust_on_first_use: bool = setting(
+        False,
+        "remember the gateway certificate seen first, refuse a changed one (implies TLS)",
+        "yes|no",
+    )
+    known_gateways: str = setting(
+        "~/.config/revgw/known_gateways",
+        "where trust on first use keeps 'host:port sha256:HEX' lines",
+        "FILE",
+    )
+    server_name: str | None = setting(
+        None, "name to verify in the gateway's certificate (SNI) when dialling by IP", "NAME"
     )
 
     def __post_init__(self) -> None:
@@ -146,3 +225,27 @@ class ClientSettings:
             raise ConfigError(str(exc)) from None
         if not self.token:
             raise ConfigError("--token is required: use the token the gateway printed")
+        try:
+            for credential in self.basic_auth:
+                check_credential(credential)
+            declared_fields(self.tunnel, self.basic_auth, self.allow_cidr)
+        except ValueError as exc:
+            flag = "--allow-cidr" if "network" in str(exc) else "--basic-auth"
+            raise ConfigError(f"{flag}: {exc}") from None
+        ways = [
+            f
+            for f, v in (
+                ("--ca", self.ca),
+                ("--fingerprint", self.fingerprint),
+                ("--trust-on-first-use", self.trust_on_first_use),
+            )
+            if v
+        ]
+        if len(ways) > 1:
+            raise ConfigError(f"{' and '.join(ways)} exclude each other: choose one way to trust")
+        if self.fingerprint is not None:
+            object.__setattr__(self, "fingerprint", parse_fingerprint(self.fingerprint))
+        if self.ca is not None:
+            load_ca(self.ca)
+        if ways:
+            object.__setattr__(self, "tls", True)

@@ -43,7 +43,9 @@ class SpliceEnd(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self.splice._eof(self)
-        return True  # keep our write side open: the other direction may go on
+        # Keep our write side open: the other direction may go on. A TLS transport
+        # cannot half-close, and asyncio warns if told to try.
+        return self.transport is not None and self.transport.can_write_eof()
 
     def pause_writing(self) -> None:
         peer = self.peer.transport

@@ -25,6 +25,7 @@ from . import _handshake as hs
 from ._address import peer_of
 from ._clock import NEVER
 from ._errors import AccessDenied, ProtocolError
+from ._tokens import access_from_hello
 
 if TYPE_CHECKING:
     from ._gateway import Gateway
@@ -85,9 +86,9 @@ class TunnelConnection(asyncio.Protocol):
             return
         if old in POOLED and state not in POOLED:
             tunnel.withdraw(self)
-        if state in (TunnelState.CLOSED, TunnelState.SPLICED):
+        if state is TunnelState.CLOSED:
             tunnel.leave(self, self.client)
-            if self.client not in tunnel.clients and state is TunnelState.CLOSED:
+            if self.client not in tunnel.clients:
                 log.info("[%s] client %s left tunnel '%s'", self.name, self.client, tunnel.name)
         elif state is TunnelState.IDLE:
             tunnel.offer(self)
@@ -162,10 +163,15 @@ class TunnelConnection(asyncio.Protocol):
     def _authenticate(self, hello: hs.Hello) -> None:
         assert self.transport is not None
         gateway = self.gateway
+        tenant = gateway.tokens.find(hello.key)
         try:
-            hs.verify_hello(gateway.token, self._challenge, hello)
+            if tenant is None:
+                raise AccessDenied("unknown token")
+            hs.verify_hello(tenant.token, self._challenge, hello)
+            tenant.check(hello.tunnel, hello.hosts)
+            access = tenant.access_for(hello.tunnel, access_from_hello(hello.basic, hello.cidrs))
             try:
-                tunnel = gateway.registry.claim(hello.tunnel, hello.hosts)
+                tunnel = gateway.registry.claim(hello.tunnel, hello.hosts, access)
             except ValueError as exc:
                 raise AccessDenied(str(exc)) from None
         except AccessDenied as exc:
@@ -179,11 +185,13 @@ class TunnelConnection(asyncio.Protocol):
             self.transport.write(hs.denied_line(str(exc)))
             self.close()
             return
-        self.transport.write(hs.ready_line(gateway.token, self._challenge, hello))
+        self.transport.write(hs.ready_line(tenant.token, self._challenge, hello))
         self.name = f"{hello.tunnel}#{self.number}"
         self.client = hello.client
         if hello.client not in tunnel.clients:
             hosts = ", ".join(hello.hosts) or "no hosts"
+            if not access.empty:
+                hosts += f"; access: {access.describe()}"
             log.info(
                 "[%s] client %s joined tunnel '%s' from %s (%s)",
                 self.name,
@@ -258,12 +266,21 @@ class TunnelConnection(asyncio.Protocol):
             self.close()
 
     def detach(self) -> asyncio.Transport:
-        """Hand the transport to a raw splice (after ``101``); the pool forgets it."""
+        """Hand the transport to a raw splice (after ``101``).
+
+        It is no longer pooled, but it still counts as its client's live
+        connection until ``splice_closed``: a tunnel whose connections are all
+        upgraded is busy, not offline.
+        """
         assert self.transport is not None
         self.exchange = None
         self._move(TunnelState.SPLICED)
         self.gateway.tunnel_conns.discard(self)
         return self.transport
+
+    def splice_closed(self) -> None:
+        """The raw splice this connection was handed to has ended."""
+        self._move(TunnelState.CLOSED)
 
     def close(self) -> None:
         """Close now; the connection leaves the pool at once, not when the socket is gone."""
