@@ -27,7 +27,7 @@ import anyio
 
 from ._address import peer_of
 from ._clock import NEVER
-from ._errors import Forbidden, HTTPError, Unauthorized
+from ._errors import BodyTooLarge, Forbidden, HTTPError, Unauthorized
 from ._exchange import Exchange
 from ._http import (
     Body,
@@ -106,7 +106,14 @@ class CallerConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_of(transport.get_extra_info("peername"))
+        refusal = self.gateway.caller_refused()
         self.gateway.callers.add(self)
+        if refusal is not None:
+            # Answer before reading anything, then linger (as after any final
+            # answer) so the caller's unread request cannot reset the 503 away.
+            self.write(error_response(refusal, keep_alive=False))
+            self._close_lingering(linger=True)
+            return
         self._move(CallerState.READING, self.gateway.settings.header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -230,6 +237,12 @@ class CallerConnection(asyncio.Protocol):
         try:
             tunnel = self.gateway.registry.route(head.host)
             self._check_access(tunnel, head)
+            limit = self.gateway.settings.max_body_bytes
+            if head.content_length is not None and head.content_length > limit:
+                raise BodyTooLarge(
+                    f"the request body ({head.content_length} bytes) is over this gateway's "
+                    f"limit of {limit} bytes (--max-body-bytes)"
+                )
         except HTTPError as exc:
             self._answer(exc, head, started)
             return
@@ -377,6 +390,10 @@ class CallerConnection(asyncio.Protocol):
         (``head`` is None) leaves the parser unusable, so that closes.
         """
         keep_alive = head is not None and head.keep_alive and not head.upgrade
+        if isinstance(error, BodyTooLarge):
+            keep_alive = False  # reading the rest of a body that large is what we refuse
+        if isinstance(error, BodyTooLarge) and exchange is None:  # else exchange_failed logged
+            log.warning("caller %s: %d %s", self.peer, error.status, error)
         self.write(error_response(error, keep_alive))
         if head is not None:
             self._log_access(head, error.status, started, exchange)
@@ -390,15 +407,16 @@ class CallerConnection(asyncio.Protocol):
             return
         self._close_lingering()
 
-    def _close_lingering(self) -> None:
+    def _close_lingering(self, linger: bool = False) -> None:
         """Close after the answer is written, reading and dropping what the caller still sends.
 
         Closing with unread bytes would make the kernel reset the connection,
         which can destroy the answer before the caller reads it. When the
         caller's last request was read to its end and nothing else came, no
         byte can be unread: close at once (the common case, and the cheap one).
+        ``linger`` forces the lingering close (an answer sent before reading).
         """
-        nothing_pending = not self._queue and self._reader.between_messages
+        nothing_pending = not linger and not self._queue and self._reader.between_messages
         self._queue.clear()
         transport = self.transport
         if transport is None or transport.is_closing():

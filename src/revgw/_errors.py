@@ -29,6 +29,15 @@ class AccessDenied(RevgwError):
     """
 
 
+class GatewayBusy(ProtocolError):
+    """The gateway turned this connection away for now (``REVGW/1 BUSY``): a limit was hit.
+
+    Unlike AccessDenied, waiting can help, so the client backs off and dials
+    again. A ProtocolError subclass, so that every path that already retries
+    on a broken handshake (and older code catching ProtocolError) retries on it.
+    """
+
+
 # --- failures an HTTP caller sees ------------------------------------------
 
 
@@ -69,6 +78,12 @@ class NoTunnel(HTTPError):
     status, code = 404, "no-tunnel"
 
 
+class BodyTooLarge(HTTPError):
+    """The request body is over ``--max-body-bytes``; the connection closes after the answer."""
+
+    status, code = 413, "body-too-large"
+
+
 class HeadersTooLarge(HTTPError):
     status, code = 431, "headers-too-large"
 
@@ -89,6 +104,12 @@ class BadUpstreamResponse(HTTPError):
 
 class TunnelOffline(HTTPError):
     status, code, retry_after = 503, "tunnel-offline", 5
+
+
+class TooManyConnections(HTTPError):
+    """The gateway already holds ``--max-callers`` public connections."""
+
+    status, code, retry_after = 503, "too-many-connections", 1
 
 
 class PoolTimeout(HTTPError):

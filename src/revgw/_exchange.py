@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ._clock import NEVER
-from ._errors import BadUpstreamResponse, HTTPError, UpstreamTimeout
+from ._errors import BadUpstreamResponse, BodyTooLarge, HTTPError, UpstreamTimeout
 from ._http import LAST_CHUNK, RequestHead, ResponseReader, ResponseState, encode_chunk
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Exchange:
         # own flag: the body must keep flowing while the response does.
         self._request_done = False
         self._tunnel_paused = False
+        self._body_bytes = 0  # request body passed on so far (--max-body-bytes)
 
     def start(self, rendered_head: bytes) -> None:
         self.conn.pair(self, rendered_head, self.caller.peer)
@@ -67,8 +68,22 @@ class Exchange:
     # --- request side, driven by the caller connection -------------------------------
 
     def send_body(self, data: bytes) -> None:
-        if not self._request_done and self.state is not ExchangeState.DONE:
-            self.conn.write(encode_chunk(data) if self.head.chunked else data)
+        if self._request_done or self.state is ExchangeState.DONE:
+            return
+        self._body_bytes += len(data)
+        limit = self.caller.gateway.settings.max_body_bytes
+        if self._body_bytes > limit:
+            # Only a chunked body gets here (a Content-Length over the limit is
+            # refused before pairing). The server has a truncated body: the
+            # tunnel connection is closed, never reused (``_fail``).
+            self._fail(
+                BodyTooLarge(
+                    f"the chunked request body grew past this gateway's limit of {limit} bytes"
+                    " (--max-body-bytes)"
+                )
+            )
+            return
+        self.conn.write(encode_chunk(data) if self.head.chunked else data)
 
     def end_request(self) -> None:
         if self._request_done or self.state is ExchangeState.DONE:

@@ -23,7 +23,8 @@ from anyio.abc import TaskGroup
 from ._address import parse_address, peer_of
 from ._caller import CallerConnection
 from ._clock import tick_for
-from ._errors import ConfigError
+from ._errors import ConfigError, TooManyConnections
+from ._limits import AuthFailures, BurstLog
 from ._pool import Registry
 from ._settings import GatewaySettings
 from ._splice import Splice
@@ -60,6 +61,10 @@ class Gateway:
         self.callers: set[CallerConnection] = set()
         self.tunnel_conns: set[TunnelConnection] = set()
         self.splices: set[Splice] = set()  # upgraded (e.g. WebSocket) connections
+        self.auth_failures = AuthFailures(
+            self.settings.max_auth_failures, self.settings.auth_failure_window
+        )
+        self._refused_callers = BurstLog()
         self.address = ""
         self.tunnel_address = ""
         # What X-Forwarded-Proto tells the private server.
@@ -176,6 +181,28 @@ class Gateway:
                 conn.check_deadline(now)
             for caller in list(self.callers):
                 caller.check_deadlines(now)
+            self._log_refused(self._refused_callers.flush(now))
+
+    def caller_refused(self) -> TooManyConnections | None:
+        """A TooManyConnections to answer if a new public connection is one too many.
+
+        Logged once per second at most, with a count, not once per connection.
+        """
+        limit = self.settings.max_callers
+        if len(self.callers) + len(self.splices) < limit:
+            return None
+        self._log_refused(self._refused_callers.note(time.monotonic()))
+        return TooManyConnections(
+            f"the gateway is at its limit of {limit} open connections; retry shortly"
+        )
+
+    def _log_refused(self, count: int) -> None:
+        if count:
+            log.warning(
+                "public port: refused %d connection(s): --max-callers %d reached",
+                count,
+                self.settings.max_callers,
+            )
 
     def _new_tunnel_conn(self) -> TunnelConnection:
         self._conn_count += 1

@@ -7,6 +7,12 @@ with ``nc``::
     client:  REVGW/1 AUTH key=5d1a... tunnel=default client=laptop-41 hosts=- cnonce=77ab... mac=...
     gateway: REVGW/1 READY proof=c3d0...          (or: REVGW/1 DENIED <why>)
 
+``DENIED`` means "these settings will never do" and the client stops;
+``REVGW/1 BUSY <why>`` means "not now" (a connection limit, or this address
+failed to authenticate too often) and the client backs off and dials again.
+BUSY may come instead of the CHALLENGE or instead of the verdict; a client
+that does not know the verb reads it as a broken handshake, and retries too.
+
 The gateway speaks first so that a client pointed at the wrong port (an HTTP
 server, an old version) learns so at once instead of hanging. ``mac`` is an
 HMAC-SHA256 under the shared token of the gateway's fresh nonce and every
@@ -32,7 +38,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from ._errors import AccessDenied, ProtocolError
+from ._errors import AccessDenied, GatewayBusy, ProtocolError
 
 VERSION = b"REVGW/1"
 MAX_LINE = 1024
@@ -142,7 +148,11 @@ class Challenge:
 
 
 def parse_challenge(line: bytes) -> Challenge:
-    """Parse the gateway's first line; a wrong peer gets a ProtocolError saying so."""
+    """Parse the gateway's first line; a wrong peer gets a ProtocolError saying so.
+
+    Raises GatewayBusy if the gateway turned the connection away for now.
+    """
+    _check_busy(line)
     if not line.startswith(VERSION + b" "):
         raise ProtocolError(
             f"this is not a revgw gateway tunnel port (it said {line[:60]!r}); "
@@ -286,12 +296,31 @@ def ready_line(token: str, challenge: Challenge, hello: Hello) -> bytes:
 
 
 def denied_line(reason: str) -> bytes:
-    clean = reason.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
-    return b"%s DENIED %s\r\n" % (VERSION, clean[:200])
+    return b"%s DENIED %s\r\n" % (VERSION, _clean(reason))
+
+
+def busy_line(reason: str) -> bytes:
+    """Turn a connection away for now: the client retries later (GatewayBusy)."""
+    return b"%s BUSY %s\r\n" % (VERSION, _clean(reason))
+
+
+def _clean(reason: str) -> bytes:
+    return reason.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")[:200]
+
+
+def _check_busy(line: bytes) -> None:
+    if line.startswith(VERSION + b" BUSY"):
+        reason = line[len(VERSION) + 6 :].decode("ascii", "replace").strip()
+        raise GatewayBusy(f"the gateway is busy: {reason or 'try again later'}")
 
 
 def check_verdict(token: str, challenge: Challenge, hello: Hello, line: bytes) -> None:
-    """Accept a READY that proves the gateway holds the token; raise otherwise."""
+    """Accept a READY that proves the gateway holds the token; raise otherwise.
+
+    Raises AccessDenied on DENIED (do not retry), GatewayBusy on BUSY (retry
+    later), ProtocolError on anything else.
+    """
+    _check_busy(line)
     if line.startswith(VERSION + b" DENIED"):
         reason = line[len(VERSION) + 8 :].decode("ascii", "replace").strip()
         raise AccessDenied(reason or "denied")

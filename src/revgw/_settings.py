@@ -93,6 +93,24 @@ class GatewaySettings:
     )
     max_warm: int = setting(64, "warm tunnel connections kept per tunnel", "N")
     max_header_bytes: int = setting(32768, "largest request head accepted (else 431)", "BYTES")
+    max_body_bytes: int = setting(
+        1 << 30, "largest request body passed on (else 413; chunked: cut off)", "BYTES"
+    )
+    max_callers: int = setting(
+        10000, "public connections held at once; more get 503 too-many-connections", "N"
+    )
+    max_conns_per_client: int = setting(
+        1024, "tunnel connections one client id may hold; more are told BUSY", "N"
+    )
+    max_conns_per_tunnel: int = setting(
+        4096, "tunnel connections one tunnel may hold, all clients together", "N"
+    )
+    max_auth_failures: int = setting(
+        10, "failed handshakes from one address before it is refused for a while", "N"
+    )
+    auth_failure_window: float = setting(
+        60.0, "seconds after which an address's failed handshakes are forgotten", "SECONDS"
+    )
     trusted_proxies: tuple[str, ...] = setting(
         (),
         "proxy address or network whose X-Forwarded-For/-Proto/-Host are kept and appended to"
@@ -121,6 +139,7 @@ class GatewaySettings:
             "idle_timeout",
             "upstream_timeout",
             "warm_timeout",
+            "auth_failure_window",
         ):
             _positive("--" + name.replace("_", "-"), getattr(self, name))
         if self.heartbeat > MAX_HEARTBEAT:
@@ -132,6 +151,16 @@ class GatewaySettings:
             raise ConfigError(f"--max-warm must be 0 or more, not {self.max_warm}")
         if self.max_header_bytes < 1024:
             raise ConfigError("--max-header-bytes must be at least 1024")
+        for name in (
+            "max_body_bytes",
+            "max_callers",
+            "max_conns_per_client",
+            "max_conns_per_tunnel",
+            "max_auth_failures",
+        ):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be 1 or more, not {getattr(self, name)}")
         if self.default_tunnel:
             try:
                 check_identity(self.default_tunnel, "x", ())

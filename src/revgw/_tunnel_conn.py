@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Protocol, cast
 
 from . import _handshake as hs
 from ._address import peer_of
 from ._clock import NEVER
-from ._errors import AccessDenied, ProtocolError
+from ._errors import AccessDenied, GatewayBusy, ProtocolError
 from ._tokens import access_from_hello
 
 if TYPE_CHECKING:
@@ -123,6 +124,18 @@ class TunnelConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_of(self.transport.get_extra_info("peername"))
+        address = self.peer.rpartition(":")[0].strip("[]")
+        blocked = self.gateway.auth_failures.blocked_for(address, time.monotonic())
+        if blocked:
+            # Refused before any work (no nonce, no HMAC), and quietly: the log
+            # line was written when the address got blocked.
+            self.transport.write(
+                hs.busy_line(
+                    f"too many failed attempts from {address}; retry in {math.ceil(blocked)} s"
+                )
+            )
+            self.close()
+            return
         self.transport.write(self._challenge.line())
         self._move(TunnelState.HANDSHAKE, self.gateway.settings.handshake_timeout)
 
@@ -165,15 +178,31 @@ class TunnelConnection(asyncio.Protocol):
         gateway = self.gateway
         tenant = gateway.tokens.find(hello.key)
         try:
-            if tenant is None:
-                raise AccessDenied("unknown token")
-            hs.verify_hello(tenant.token, self._challenge, hello)
+            try:
+                if tenant is None:
+                    raise AccessDenied("unknown token")
+                hs.verify_hello(tenant.token, self._challenge, hello)
+            except AccessDenied:
+                self._auth_failed()
+                raise
             tenant.check(hello.tunnel, hello.hosts)
+            self._check_limits(hello)
             access = tenant.access_for(hello.tunnel, access_from_hello(hello.basic, hello.cidrs))
             try:
                 tunnel = gateway.registry.claim(hello.tunnel, hello.hosts, access)
             except ValueError as exc:
                 raise AccessDenied(str(exc)) from None
+        except GatewayBusy as exc:
+            log.warning(
+                "tunnel port: busy for %s (client %s, tunnel '%s'): %s",
+                self.peer,
+                hello.client,
+                hello.tunnel,
+                exc,
+            )
+            self.transport.write(hs.busy_line(str(exc)))
+            self.close()
+            return
         except AccessDenied as exc:
             log.warning(
                 "tunnel port: denied %s (client %s, tunnel '%s'): %s",
@@ -203,6 +232,43 @@ class TunnelConnection(asyncio.Protocol):
         self.tunnel = tunnel
         tunnel.join(self, hello.client)
         self._move(TunnelState.IDLE, gateway.settings.heartbeat)
+
+    def _auth_failed(self) -> None:
+        """Count a failed authentication against this source address; log if it gets blocked."""
+        address = self.peer.rpartition(":")[0].strip("[]")
+        failures = self.gateway.auth_failures
+        block = failures.blocked_for(address, time.monotonic())
+        new_block = failures.failed(address, time.monotonic())
+        if new_block and not block:
+            log.warning(
+                "tunnel port: %s failed to authenticate too often (--max-auth-failures %d);"
+                " refusing it for %g s",
+                address,
+                failures.limit,
+                new_block,
+            )
+
+    def _check_limits(self, hello: hs.Hello) -> None:
+        """Raise GatewayBusy if this connection would take its client or tunnel over a limit.
+
+        Checked after the token, so only an authenticated connection counts
+        against (or is refused by) another's limit; a silent or failed one
+        never holds a slot.
+        """
+        settings = self.gateway.settings
+        tunnel = self.gateway.registry.tunnels.get(hello.tunnel)
+        if tunnel is None:
+            return
+        if tunnel.clients.get(hello.client, 0) >= settings.max_conns_per_client:
+            raise GatewayBusy(
+                f"client {hello.client} already holds {settings.max_conns_per_client} "
+                f"connections (--max-conns-per-client); retry later or lower --pool"
+            )
+        if len(tunnel.live) >= settings.max_conns_per_tunnel:
+            raise GatewayBusy(
+                f"tunnel '{hello.tunnel}' already holds {settings.max_conns_per_tunnel} "
+                f"connections (--max-conns-per-tunnel); retry later"
+            )
 
     def _ping(self) -> None:
         assert self.transport is not None
