@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import SocketAttribute, SocketStream
 
 from conftest import TOKEN
 from revgw import Gateway
 from revgw import _handshake as hs
+from revgw._address import peer_of
 
 
 @dataclass
@@ -216,3 +220,15 @@ async def fake_client(
         writer.close()
         raise
     return reader, writer
+
+
+@asynccontextmanager
+async def private_server(
+    handler: Callable[[SocketStream], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """An anyio TCP server on 127.0.0.1:0 running ``handler`` per connection; yields its address."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handler)
+        yield peer_of(listener.extra(SocketAttribute.local_address))
+        tg.cancel_scope.cancel()

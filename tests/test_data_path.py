@@ -20,13 +20,12 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conftest import ClientFactory, GatewayFactory
-from helpers import Connection, get
+from helpers import Connection, get, private_server
 from revgw import Gateway
-from revgw._address import peer_of
 
 MiB = 1024 * 1024
 # The demo server's /bytes/N: byte i is i % 256, so 64 KiB blocks repeat exactly.
@@ -134,18 +133,6 @@ async def download_digest(
 
 
 # --- a private server of our own, to see exactly what reaches it ---------------------
-
-
-@asynccontextmanager
-async def private_server(
-    handler: Callable[[SocketStream], Awaitable[None]],
-) -> AsyncIterator[str]:
-    """An anyio TCP server on 127.0.0.1:0 running ``handler`` per connection; yields its address."""
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, handler)
-        yield peer_of(listener.extra(SocketAttribute.local_address))
-        tg.cancel_scope.cancel()
 
 
 class HeadRecorder:

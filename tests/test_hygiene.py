@@ -7,17 +7,13 @@ a caller are replaced unless the caller is inside ``trusted_proxies``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conftest import ClientFactory, GatewayFactory
-from helpers import Connection, get
-from revgw._address import peer_of
+from helpers import Connection, get, private_server
 from revgw._errors import BadRequest, ConfigError, HTTPError
 from revgw._http import (
     Body,
@@ -355,15 +351,6 @@ def test_trusted_proxies_setting_is_checked_and_normalised() -> None:
 
 
 # --- end to end: a recording private server ---------------------------------------------------
-
-
-@asynccontextmanager
-async def private_server(handler: Callable[[SocketStream], Awaitable[None]]) -> AsyncIterator[str]:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, handler)
-        yield peer_of(listener.extra(SocketAttribute.local_address))
-        tg.cancel_scope.cancel()
 
 
 class Recorder:
