@@ -69,6 +69,7 @@ def make_gateway() -> GatewayFactory:
             "listen": "127.0.0.1:0",
             "tunnel_listen": "127.0.0.1:0",
             "token": TOKEN,
+            "admin": "127.0.0.1:0",  # several gateways at once must not share 9002
         }
         options.update(overrides)
         async with Gateway(**options) as gw:

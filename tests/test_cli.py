@@ -117,6 +117,10 @@ class Proc:
 @asynccontextmanager
 async def revgw(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[Proc]:
     """``python -m revgw *args``, killed (if still running) when the block ends."""
+    env = dict(env or clean_env())
+    if args[:1] in (("gateway",), ("demo",)):
+        # A free admin port, not 9002: test runs (and a `make local`) may share this host.
+        env.setdefault("REVGW_ADMIN", "127.0.0.1:0")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -125,7 +129,7 @@ async def revgw(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env or clean_env(),
+        env=env,
     )
     proc = Proc(process)
     try:

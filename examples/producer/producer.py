@@ -3,7 +3,9 @@
 Each request uses a fresh TCP connection and says ``Connection: close``, so
 every line of output is one complete trip: producer -> gateway -> tunnel ->
 private server and back. Output is one line per request: the body (``pong``)
-on success, else ``error: ...`` saying what went wrong.
+on success, else ``error: ...`` saying what went wrong. On exit (count reached,
+or cancelled by SIGINT/SIGTERM) a summary goes to stderr: sent, ok, failed by
+reason, p50/p99 latency; on a terminal, stderr also shows a live progress line.
 
 The response is read with httptools directly (revgw's ResponseReader frames
 responses to pass them on; here we want the body itself).
@@ -11,8 +13,11 @@ responses to pass them on; here we want the body itself).
 
 from __future__ import annotations
 
+import math
+import sys
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
@@ -163,26 +168,101 @@ def describe(result: Result) -> str:
     return f"error: {result.error}"
 
 
+def reason(result: Result) -> str:
+    """Why a request failed, in a word: its status code, else the kind of error."""
+    if result.status is not None:
+        return str(result.status)
+    for start, kind in (
+        ("no answer", "timeout"),
+        ("connection refused", "refused"),
+        ("connection to", "lost"),
+        ("cannot reach", "unreachable"),
+    ):
+        if result.error.startswith(start):
+            return kind
+    return "bad-response"
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile of ``values`` (not empty)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+@dataclass
+class Tally:
+    """What the producer has seen so far, for the summary and the progress line."""
+
+    sent: int = 0
+    ok: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)  # seconds, answered requests only
+
+    def add(self, result: Result, seconds: float) -> None:
+        self.sent += 1
+        self.ok += result.ok
+        if not result.ok:
+            self.failures[reason(result)] += 1
+        if result.status is not None:
+            self.latencies.append(seconds)
+
+    def summary(self) -> str:
+        """``sent 5, ok 4, failed 1 (503: 1); latency p50 2.1 ms, p99 9.8 ms``."""
+        failed = sum(self.failures.values())
+        text = f"sent {self.sent}, ok {self.ok}, failed {failed}"
+        if failed:
+            text += " (" + ", ".join(f"{k}: {n}" for k, n in sorted(self.failures.items())) + ")"
+        if self.latencies:
+            p50, p99 = (percentile(self.latencies, s) * 1000 for s in (0.5, 0.99))
+            text += f"; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        return text
+
+
 def say(line: str) -> None:
     print(line, flush=True)  # flushed: someone is watching, maybe through a pipe
 
 
-async def run(settings: ProducerSettings, out: Callable[[str], None] = say) -> int:
+def say_summary(line: str) -> None:
+    print(f"summary: {line}", file=sys.stderr, flush=True)
+
+
+async def run(
+    settings: ProducerSettings,
+    out: Callable[[str], None] = say,
+    report: Callable[[str], None] | None = say_summary,
+    progress: bool | None = None,
+) -> int:
     """Request every ``interval`` seconds; with ``count``, stop after that many.
 
     Returns 1 if any request failed, else 0. Without ``count`` it runs until
     cancelled. A request slower than the interval delays the next one but
-    does not make the following ones rush to catch up.
+    does not make the following ones rush to catch up. ``report`` gets the
+    summary however the run ends; ``progress`` (default: stderr is a terminal)
+    keeps a ``\r``-updated line on stderr below the output lines.
     """
-    sent = failed = 0
+    if progress is None:
+        progress = sys.stderr.isatty()
+    tally = Tally()
     next_start = anyio.current_time()
-    while True:
-        result = await fetch(settings.url, settings.timeout)
-        out(describe(result))
-        sent += 1
-        failed += not result.ok
-        if settings.count is not None and sent >= settings.count:
-            return 1 if failed else 0
-        now = anyio.current_time()
-        next_start = max(next_start + settings.interval, now)
-        await anyio.sleep(next_start - now)
+    try:
+        while True:
+            started = anyio.current_time()
+            result = await fetch(settings.url, settings.timeout)
+            tally.add(result, anyio.current_time() - started)
+            if progress:
+                sys.stderr.write("\r\x1b[K")  # clear the progress line, print above it
+                sys.stderr.flush()
+            out(describe(result))
+            if progress:
+                sys.stderr.write(f"\r{tally.summary()}")
+                sys.stderr.flush()
+            if settings.count is not None and tally.sent >= settings.count:
+                return 1 if tally.failures else 0
+            now = anyio.current_time()
+            next_start = max(next_start + settings.interval, now)
+            await anyio.sleep(next_start - now)
+    finally:
+        if progress:
+            sys.stderr.write("\r\x1b[K")
+        if report is not None:
+            report(tally.summary())

@@ -78,6 +78,7 @@ class CallerConnection(asyncio.Protocol):
         self._wait_scope: anyio.CancelScope | None = None
         self._caller_eof = False
         self._pumping = False
+        self._tunnel_name = ""  # the current request's tunnel, for the metrics
 
     # --- the one place the state changes --------------------------------------------
 
@@ -146,6 +147,7 @@ class CallerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(CallerState.CLOSED)
         self.gateway.callers.discard(self)
+        self.gateway.connection_gone()
         if self._wait_scope is not None:
             self._wait_scope.cancel()
         exchange, self.exchange = self.exchange, None
@@ -234,8 +236,10 @@ class CallerConnection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, attempt: int) -> None:
         self._move(CallerState.WAITING)
         started = time.monotonic()
+        self._tunnel_name = ""
         try:
             tunnel = self.gateway.registry.route(head.host)
+            self._tunnel_name = tunnel.name
             self._check_access(tunnel, head)
             limit = self.gateway.settings.max_body_bytes
             if head.content_length is not None and head.content_length > limit:
@@ -311,6 +315,8 @@ class CallerConnection(asyncio.Protocol):
         exchange = Exchange(self, conn, head, attempt)
         exchange.started = started
         self.exchange = exchange
+        if self.gateway.draining:
+            exchange.response.close_caller()
         caller_ip = self.peer.rpartition(":")[0].strip("[]")
         trusted = caller_ip in TrustedProxies.of(self.gateway.settings.trusted_proxies)
         exchange.start(
@@ -355,6 +361,7 @@ class CallerConnection(asyncio.Protocol):
         def closed(splice: Splice) -> None:
             gateway.splices.discard(splice)
             conn.splice_closed()
+            gateway.connection_gone()
 
         splice = Splice(on_closed=closed)
         gateway.splices.add(splice)
@@ -367,6 +374,15 @@ class CallerConnection(asyncio.Protocol):
             transport.resume_reading()
         if self._caller_eof:  # read before the 101: the server must still learn of it
             splice.a.eof_received()
+
+    def drain(self) -> None:
+        """The gateway is stopping: close if between requests, else after this answer."""
+        if self.exchange is not None:
+            self.exchange.response.close_caller()
+        elif (
+            self.state is CallerState.READING and not self._queue and self._reader.between_messages
+        ):
+            self._close_now()
 
     def abort(self) -> None:
         """A response was cut short: the caller must see a broken connection, not an end."""
@@ -389,7 +405,9 @@ class CallerConnection(asyncio.Protocol):
         ``_pump`` with no exchange and are dropped there. A malformed request
         (``head`` is None) leaves the parser unusable, so that closes.
         """
-        keep_alive = head is not None and head.keep_alive and not head.upgrade
+        keep_alive = (
+            head is not None and head.keep_alive and not head.upgrade and not self.gateway.draining
+        )
         if isinstance(error, BodyTooLarge):
             keep_alive = False  # reading the rest of a body that large is what we refuse
         if isinstance(error, BodyTooLarge) and exchange is None:  # else exchange_failed logged
@@ -400,7 +418,7 @@ class CallerConnection(asyncio.Protocol):
         self._next_or_close(keep_alive)
 
     def _next_or_close(self, keep_alive: bool) -> None:
-        if keep_alive and not self._caller_eof:
+        if keep_alive and not self._caller_eof and not self.gateway.draining:
             self._move(CallerState.READING, self.gateway.settings.idle_timeout)
             self.pause_reading("pipeline", False)
             self._pump()
@@ -440,6 +458,19 @@ class CallerConnection(asyncio.Protocol):
         started: float | None,
         exchange: Exchange | None,
     ) -> None:
+        """Every request ends here: count it for the admin listener, then log it."""
+        if exchange is not None and started is not None:
+            now = time.monotonic()
+            self.gateway.stats.carried(
+                self._tunnel_name,
+                status,
+                wait=exchange.paired - started,
+                upstream=now - exchange.paired,
+                bytes_in=exchange.body_bytes,
+                bytes_out=exchange.response.sent_bytes,
+            )
+        else:
+            self.gateway.stats.answered(self._tunnel_name, status)
         if not access_log.isEnabledFor(logging.INFO):
             return
         elapsed = (time.monotonic() - started) * 1000 if started is not None else 0.0
@@ -455,4 +486,10 @@ class CallerConnection(asyncio.Protocol):
             status,
             size,
             elapsed,
+            extra={  # fields of their own in --log-format json
+                "tunnel": exchange.conn.name.partition("#")[0] if exchange is not None else "",
+                "status": status,
+                "bytes": size,
+                "latency_ms": round(elapsed, 1),
+            },
         )

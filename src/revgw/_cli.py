@@ -9,15 +9,18 @@ in use, a producer request failed), 2 for a bad flag or value.
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
+import json
 import logging
 import os
 import signal
 import sys
+import time
 import types
 import typing
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Literal, NoReturn
 
 import anyio
 
@@ -25,8 +28,10 @@ from revgw_examples.producer import ProducerSettings
 from revgw_examples.producer import run as run_producer
 from revgw_examples.server import ServerSettings, serve_forever
 
+from . import _config
 from ._address import parse_address
 from ._client import Client
+from ._config import LogSettings
 from ._demo import DemoSettings, run_demo
 from ._errors import AccessDenied, ConfigError
 from ._gateway import Gateway
@@ -36,7 +41,6 @@ from ._tls import UntrustedGateway
 from ._util import errors_in
 
 ENV_PREFIX = "REVGW_"
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +62,19 @@ def _field_type(cls: type, field: dataclasses.Field[Any]) -> tuple[Callable[[str
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if hint is bool:
         return _boolean, False
+    if typing.get_origin(hint) is Literal:
+        return _choice(typing.get_args(hint)), False
     return hint, False
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text.lower() not in options:
+            raise ValueError(text)
+        return text.lower()
+
+    convert.__name__ = f"choice ({'|'.join(options)})"
+    return convert
 
 
 def _boolean(text: str) -> bool:
@@ -70,12 +86,13 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
-def _convert(convert: Callable[[str], Any], text: str, flag: str) -> Any:
+def _convert(convert: Callable[[str], Any], text: str, flag: str, env: str = "") -> Any:
     try:
         return convert(text)
     except ValueError:
         kind = getattr(convert, "__name__", "value")
-        raise ConfigError(f"{flag}: {text!r} is not a valid {kind}") from None
+        where = f" (from {env})" if env else ""
+        raise ConfigError(f"{flag}: {text!r} is not a valid {kind}{where}") from None
 
 
 def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -102,35 +119,88 @@ def add_settings(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def settings_from(cls: type, args: argparse.Namespace, environ: dict[str, str]) -> Any:
     """Build ``cls`` from defaults < ``REVGW_*`` environment < flags."""
+    return resolve(cls, args, environ)[0]
+
+
+def resolve(
+    cls: type,
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    config: Mapping[str, Any] | None = None,
+    config_path: str = "",
+) -> tuple[Any, dict[str, str]]:
+    """Build ``cls`` from defaults < ``config`` (a file's values) < ``REVGW_*`` < flags.
+
+    Also returns where each setting came from, for ``--print-config``.
+    """
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
+        env = ENV_PREFIX + field.name.upper()
         convert, repeats = _field_type(cls, field)
         given = getattr(args, field.name, None)
-        env_text = environ.get(ENV_PREFIX + field.name.upper())
+        env_text = environ.get(env)
         if given is not None:
-            texts = given if repeats else [given]
+            texts, sources[field.name], from_env = (given if repeats else [given]), "flag", ""
         elif env_text is not None:
             texts = [t for t in env_text.split(",") if t.strip()] if repeats else [env_text]
+            sources[field.name], from_env = f"env {env}", env
+        elif config and field.name in config:
+            values[field.name] = config[field.name]
+            sources[field.name] = f"file {config_path}"
+            continue
         else:
+            sources[field.name] = "default"
             continue
         if repeats:
-            values[field.name] = tuple(_convert(convert, t, flag) for t in texts)
+            values[field.name] = tuple(_convert(convert, t, flag, from_env) for t in texts)
         else:
-            values[field.name] = _convert(convert, texts[0], flag)
-    return cls(**values)
+            values[field.name] = _convert(convert, texts[0], flag, from_env)
+    return cls(**values), sources
 
 
 # --- running a role --------------------------------------------------------------------
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(log: LogSettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_JsonFormatter() if log.log_format == "json" else _Formatter())
     root = logging.getLogger("revgw")
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(log.log_level.upper())
     root.propagate = False
+    # Off means the gateway does not even format the line (it checks isEnabledFor first).
+    logging.getLogger("revgw.access").setLevel(
+        logging.NOTSET if log.access_log else logging.CRITICAL + 1
+    )
+
+
+# LogRecord attributes that are not a caller's ``extra=`` fields.
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "role",
+}
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, role, message, and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "role": record.name.removeprefix("revgw."),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_FIELDS and key not in entry:
+                entry[key] = value if isinstance(value, int | float | str | bool) else str(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 class _Formatter(logging.Formatter):
@@ -146,17 +216,50 @@ class _Formatter(logging.Formatter):
         return super().format(record)
 
 
+# The drains the running role registered (``_on_sigterm``); shared by its tasks.
+_drains: contextvars.ContextVar[list[Callable[[], Awaitable[None]]]] = contextvars.ContextVar(
+    "revgw_drains"
+)
+
+
+def _on_sigterm(drain: Callable[[], Awaitable[None]]) -> None:
+    """Let SIGTERM run ``drain`` (finish what is in flight, up to --grace) before stopping."""
+    _drains.get().append(drain)
+
+
 async def _until_signal(main: Callable[[], Awaitable[int]]) -> int:
-    """Run ``main``; SIGINT or SIGTERM cancels it and the exit code is 0."""
+    """Run ``main``; SIGINT or SIGTERM cancels it and the exit code is 0.
+
+    SIGTERM (systemd, docker, kubernetes) first runs the role's drain if it
+    registered one; SIGINT (Ctrl-C: a person wants it gone) and a second
+    SIGTERM stop at once.
+    """
     code = 0
+    drains: list[Callable[[], Awaitable[None]]] = []
+    _drains.set(drains)
+    draining = False
     async with anyio.create_task_group() as tg:
 
+        async def drain() -> None:
+            for one in drains:
+                await one()
+            tg.cancel_scope.cancel()
+
         async def watch_signals() -> None:
+            nonlocal draining
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    logging.getLogger("revgw").info(
-                        "%s received; stopping", signal.Signals(signum).name
-                    )
+                    name = signal.Signals(signum).name
+                    if signum == signal.SIGTERM and drains and not draining:
+                        logging.getLogger("revgw").info(
+                            "%s received; stopping once in-flight requests finish"
+                            " (a second signal stops at once)",
+                            name,
+                        )
+                        draining = True
+                        tg.start_soon(drain)
+                        continue
+                    logging.getLogger("revgw").info("%s received; stopping", name)
                     tg.cancel_scope.cancel()
                     return
 
@@ -188,6 +291,7 @@ def _run(main: Callable[[], Awaitable[int]]) -> int:
 
 async def _gateway(settings: GatewaySettings) -> int:
     async with Gateway(settings) as gateway:
+        _on_sigterm(gateway.drain)
         if gateway.settings.tokens is not None:
             await _reload_on_sighup(gateway)  # runs until cancelled
         if settings.token is None:
@@ -225,7 +329,9 @@ async def _reload_on_sighup(gateway: Gateway) -> None:
 
 
 async def _client(settings: ClientSettings) -> int:
-    await Client(settings).run()
+    async with Client(settings) as client:
+        _on_sigterm(client.drain)
+        await anyio.sleep_forever()
     return 0
 
 
@@ -278,33 +384,63 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, summary) in _roles().items():
         role_parser = sub.add_parser(name, help=summary, description=summary)
         add_settings(role_parser, cls)
+        add_settings(role_parser, LogSettings)
         role_parser.add_argument(
-            "--log-level",
-            default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "info").lower(),
-            choices=LOG_LEVELS,
-            help="how much to log (env REVGW_LOG_LEVEL; default: info)",
+            "--config",
+            metavar="FILE",
+            help="TOML file of settings (keys: the settings' names; a [role] table wins over "
+            "the top level); REVGW_* variables and flags win over it (env REVGW_CONFIG)",
+        )
+        role_parser.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the effective settings and where each came from, then exit",
         )
     return parser
+
+
+def _show(value: Any) -> str:
+    """A setting's value as TOML (None has no TOML spelling: shown as a comment)."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(json.dumps(item) for item in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def _print_config(settings: list[tuple[Any, dict[str, str]]]) -> None:
+    """``name = value  # source`` lines: paste-able into a config file, secrets hidden."""
+    for values, sources in settings:
+        for field in dataclasses.fields(values):
+            value = getattr(values, field.name)
+            shown = '"***"' if field.name == "token" and value is not None else _show(value)
+            line = f"{field.name} = {shown}" if value is not None else f"# {field.name} unset"
+            print(f"{line}  # {sources[field.name]}")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"revgw {args.role}"
-    if args.log_level not in LOG_LEVELS:  # argparse checks choices only for a given flag
-        print(
-            f"{prog}: error: {ENV_PREFIX}LOG_LEVEL: {args.log_level!r} is not one of "
-            f"{', '.join(LOG_LEVELS)}",
-            file=sys.stderr,
-        )
-        sys.exit(2)
     cls, role_main, _ = _roles()[args.role]
+    environ = dict(os.environ)
+    config_path = args.config or environ.get(ENV_PREFIX + "CONFIG") or ""
     try:
-        settings = settings_from(cls, args, dict(os.environ))
+        config: dict[str, Any] = {}
+        if config_path:
+            fields = _config.hints(cls) | _config.hints(LogSettings)
+            config = _config.read(config_path, args.role, fields)
+        settings, sources = resolve(cls, args, environ, config, config_path)
+        log, log_sources = resolve(LogSettings, args, environ, config, config_path)
     except (ConfigError, TypeError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    _setup_logging(args.log_level)
+    if args.print_config:
+        _print_config([(settings, sources), (log, log_sources)])
+        sys.exit(0)
+    _setup_logging(log)
     try:
         code = _run(lambda: role_main(settings))
     except UntrustedGateway as exc:  # our verdict on the gateway, not the gateway's on us

@@ -14,6 +14,7 @@ import enum
 import logging
 import random
 import ssl
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from types import TracebackType
@@ -24,6 +25,7 @@ from anyio.abc import TaskGroup
 
 from . import _handshake as hs
 from ._address import Address, parse_address
+from ._admin import AdminServer, client_routes, start_admin
 from ._errors import AccessDenied, ProtocolError, UpstreamUnreachable
 from ._http import error_response
 from ._settings import ClientSettings
@@ -129,12 +131,18 @@ class TunnelLink(asyncio.Protocol):
         if line == b"PING":
             self.transport.write(hs.PONG)
             self._arm_watchdog()
+        elif hs.is_drain(line):
+            self.keeper.gateway_draining(self)
+            self.close()
         elif line.startswith(b"START"):
             caller = line[6:].decode("ascii", "replace") or "unknown"
             self._pending = self._reader.take_rest()
             self.transport.pause_reading()
+            # Counted as in flight from now on: a drain must wait for it.
+            splice = Splice(on_closed=self.keeper.splice_closed)
+            self.keeper.splices.add(splice)
             self._move(LinkState.PAIRED)
-            self.keeper.task_group.start_soon(self._connect_target, caller)
+            self.keeper.task_group.start_soon(self._connect_target, caller, splice)
         else:
             raise ProtocolError(f"unexpected line from the gateway while idle: {line[:40]!r}")
 
@@ -150,12 +158,10 @@ class TunnelLink(asyncio.Protocol):
         log.warning("[%s] no PING from the gateway for %g s; re-dialling", self.name, silence)
         self.close()
 
-    async def _connect_target(self, caller: str) -> None:
+    async def _connect_target(self, caller: str, splice: Splice) -> None:
         settings = self.keeper.settings
         target = self.keeper.target
         loop = asyncio.get_running_loop()
-        splice = Splice(on_closed=self.keeper.splices.discard)
-        self.keeper.splices.add(splice)
         try:
             with anyio.fail_after(settings.dial_timeout):
                 await loop.create_connection(lambda: splice.b, target.host, target.port)
@@ -167,11 +173,11 @@ class TunnelLink(asyncio.Protocol):
                 settings.target,
                 reason,
             )
-            self.keeper.splices.discard(splice)
+            self.keeper.splice_closed(splice)
             self._answer_unreachable(reason)
             return
         if self.state is LinkState.CLOSED or self.transport is None:
-            self.keeper.splices.discard(splice)
+            self.keeper.splice_closed(splice)
             splice.close()
             return
         log.info("[%s] paired: caller %s -> %s", self.name, caller, settings.target)
@@ -188,7 +194,7 @@ class TunnelLink(asyncio.Protocol):
             f"{self.keeper.settings.target}: {reason}"
         )
         self.transport.write(error_response(error, keep_alive=False))
-        drain = _Drain(self.transport, self.keeper.draining)
+        drain = _Drain(self.transport, self.keeper.draining, self.keeper.quieter)
         self.transport.set_protocol(drain)
         self.transport.resume_reading()  # paused since START: EOF must get through
 
@@ -198,6 +204,11 @@ class TunnelLink(asyncio.Protocol):
         else:
             log.warning("[%s] %s; closing", self.name, exc)
         self.close()
+
+    def say_draining(self) -> None:
+        """Tell the gateway this client is stopping: it keeps none of our connections warm."""
+        if self.state is LinkState.IDLE and self.transport is not None:
+            self.transport.write(hs.drain_line("the client is stopping"))
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -227,9 +238,12 @@ class _Drain(asyncio.Protocol):
     the answer before the gateway reads it.
     """
 
-    def __init__(self, transport: asyncio.Transport, owner: set[_Drain]) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, owner: set[_Drain], on_gone: Callable[[], None]
+    ) -> None:
         self.transport = transport
         self._owner = owner
+        self._on_gone = on_gone
         owner.add(self)
         self._timer = asyncio.get_running_loop().call_later(10, transport.close)
 
@@ -242,6 +256,7 @@ class _Drain(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._timer.cancel()
         self._owner.discard(self)
+        self._on_gone()
 
 
 class Keeper:
@@ -258,7 +273,13 @@ class Keeper:
         self._changed = anyio.Event()
         self._idle_event = anyio.Event()
         self._count = 0
+        self.dial_failures = 0  # for the admin listener, like dials and backoff
+        self.backoff = 0.0  # seconds of the current wait before re-dialling
         self._dialled_once = False
+        self._gateway_draining = False  # logged once per DRAIN burst
+        self._scope: anyio.CancelScope | None = None
+        self._stopped = False
+        self._quieter = anyio.Event()  # a splice or 502 answer ended
         self.trust: GatewayTrust | None = None
         if settings.tls:
             self.trust = GatewayTrust(
@@ -287,8 +308,43 @@ class Keeper:
             self.links.discard(link)
             self._changed.set()
 
+    def splice_closed(self, splice: Splice) -> None:
+        self.splices.discard(splice)
+        self.quieter()
+
+    def quieter(self) -> None:
+        self._quieter.set()
+        self._quieter = anyio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Splices carrying (or warm for) requests, and 502 answers still closing."""
+        return len(self.splices) + len(self.draining)
+
+    def gateway_draining(self, link: TunnelLink) -> None:
+        if not self._gateway_draining:
+            self._gateway_draining = True
+            log.info("gateway %s is draining; re-dialling", self.gateway)
+        log.debug("[%s] DRAIN from the gateway", link.name)
+
+    async def drain(self) -> None:
+        """Stop dialling, close the idle links, and wait until nothing is in flight."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+        for link in list(self.links):
+            link.say_draining()
+            link.close()
+        while self.in_flight:
+            await self._quieter.wait()
+
     async def run(self) -> None:
-        """Fill the pool for ever; return only by raising AccessDenied."""
+        """Fill the pool for ever (until ``drain``); return only by raising AccessDenied."""
+        with anyio.CancelScope() as self._scope:
+            if not self._stopped:
+                await self._fill()
+
+    async def _fill(self) -> None:
         failures = 0
         while True:
             missing = self.settings.pool - len(self.links)
@@ -309,7 +365,9 @@ class Keeper:
                         self.idle_count,
                     )
                 failures = 0
+                self.backoff = 0.0
                 self._dialled_once = True
+                self._gateway_draining = False
                 continue
             failures += 1
             delay = min(self.settings.max_backoff, 0.1 * 2**failures)
@@ -317,7 +375,13 @@ class Keeper:
             log.warning(
                 "gateway %s: %s; retrying in %.1f s", self.gateway, _describe(errors[0]), delay
             )
+            self.backoff = delay
             await anyio.sleep(delay)
+
+    @property
+    def dials(self) -> int:
+        """Tunnel connections dialled so far (for the admin listener)."""
+        return self._count
 
     async def _dial_many(self, count: int) -> list[Exception]:
         errors: list[Exception] = []
@@ -326,6 +390,7 @@ class Keeper:
             try:
                 await self._dial()
             except (OSError, ProtocolError, AccessDenied, TimeoutError) as exc:
+                self.dial_failures += 1
                 errors.append(exc)
 
         async with anyio.create_task_group() as tg:
@@ -393,9 +458,13 @@ class Client:
         self.settings = replace(settings, **overrides) if settings else ClientSettings(**overrides)
         self._stack: AsyncExitStack | None = None
         self.keepers: list[Keeper] = []
+        self.admin: AdminServer | None = None
 
     async def __aenter__(self) -> Client:
         stack = AsyncExitStack()
+        self.admin = await start_admin(client_routes(self), self.settings.admin, "client")
+        if self.admin is not None:
+            stack.push_async_callback(self.admin.aclose)
         task_group = await stack.enter_async_context(anyio.create_task_group())
         self.keepers = [Keeper(self.settings, parse_address(self.settings.gateway), task_group)]
         for keeper in self.keepers:
@@ -435,6 +504,23 @@ class Client:
         wanted = self.settings.pool if count is None else count
         while self.idle_count < wanted:
             await self.keepers[0].wait_idle_change()
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop new pairings, let in-flight splices finish for up to ``grace`` s, cut the rest.
+
+        The idle connections close (so the gateway stops handing them out) and
+        none is re-dialled. Returns at once when nothing is in flight.
+        """
+        grace = self.settings.grace if grace is None else grace
+        busy = sum(keeper.in_flight for keeper in self.keepers)
+        log.info("draining: no new pairings; %d in flight, grace %g s", busy, grace)
+        with anyio.move_on_after(grace):
+            for keeper in self.keepers:
+                await keeper.drain()
+        left = sum(keeper.in_flight for keeper in self.keepers)
+        if left:
+            log.warning("grace of %g s over: cutting %d connection(s) still in flight", grace, left)
+        self._close_links()
 
     async def run(self) -> None:
         """Serve until cancelled (the CLI's way); raises AccessDenied on denial."""

@@ -38,6 +38,11 @@ class DemoSettings:
     pool: int = setting(4, "idle connections each client keeps", "N")
     interval: float = setting(1.0, "seconds between the producer's requests", "SECONDS")
     count: int | None = setting(None, "stop after N requests (default: run until Ctrl-C)", "N")
+    admin: str = setting(
+        "127.0.0.1:9002",
+        "the demo gateway's admin listener and status page ('off' = none)",
+        "HOST:PORT|off",
+    )
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.pool < 1:
@@ -47,6 +52,8 @@ class DemoSettings:
         _address("--listen", self.listen)
         _address("--tunnel-listen", self.tunnel_listen)
         _address("--server-listen", self.server_listen)
+        if self.admin != "off":
+            _address("--admin", self.admin)
         ProducerSettings(interval=self.interval, count=self.count)
 
 
@@ -57,7 +64,12 @@ async def run_demo(settings: DemoSettings) -> int:
             Server(ServerSettings(listen=settings.server_listen))
         )
         gateway = await stack.enter_async_context(
-            Gateway(listen=settings.listen, tunnel_listen=settings.tunnel_listen, token=token)
+            Gateway(
+                listen=settings.listen,
+                tunnel_listen=settings.tunnel_listen,
+                token=token,
+                admin=settings.admin,
+            )
         )
         for number in range(1, settings.clients + 1):
             await stack.enter_async_context(
@@ -75,5 +87,10 @@ async def run_demo(settings: DemoSettings) -> int:
         producer = ProducerSettings(
             url=f"http://{gateway.address}/ping", interval=settings.interval, count=settings.count
         )
-        return await run_producer(producer, out=logging.getLogger("revgw.producer").info)
+        log_producer = logging.getLogger("revgw.producer")
+        return await run_producer(
+            producer,
+            out=log_producer.info,
+            report=lambda text: log_producer.info("summary: %s", text),
+        )
     return 1  # not reached: the stack only exits by returning above or raising

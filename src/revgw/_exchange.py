@@ -52,7 +52,7 @@ class Exchange:
         # A caller that asked to close must read so in the answer (the server
         # was asked to keep the tunnel connection alive, and will say so).
         self.response = ResponseReader(head.method, close_caller=not head.keep_alive)
-        self.started = time.monotonic()
+        self.started = self.paired = time.monotonic()  # started: reset by the caller
         self.deadline = NEVER  # while AWAITING: when the server is too slow
         self._heard_back = False  # any byte at all from the tunnel connection
         # The response may begin before the request ends (a 100 Continue, an
@@ -61,6 +61,11 @@ class Exchange:
         self._request_done = False
         self._tunnel_paused = False
         self._body_bytes = 0  # request body passed on so far (--max-body-bytes)
+
+    @property
+    def body_bytes(self) -> int:
+        """Request body bytes passed on so far."""
+        return self._body_bytes
 
     def start(self, rendered_head: bytes) -> None:
         self.conn.pair(self, rendered_head, self.caller.peer)

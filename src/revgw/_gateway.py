@@ -21,10 +21,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ._address import parse_address, peer_of
+from ._admin import AdminServer, gateway_routes, start_admin
 from ._caller import CallerConnection
 from ._clock import tick_for
 from ._errors import ConfigError, TooManyConnections
 from ._limits import AuthFailures, BurstLog
+from ._metrics import GatewayStats
 from ._pool import Registry
 from ._settings import GatewaySettings
 from ._splice import Splice
@@ -65,6 +67,8 @@ class Gateway:
             self.settings.max_auth_failures, self.settings.auth_failure_window
         )
         self._refused_callers = BurstLog()
+        self.stats = GatewayStats()  # counters the admin listener reports (_metrics.py)
+        self.admin: AdminServer | None = None
         self.address = ""
         self.tunnel_address = ""
         # What X-Forwarded-Proto tells the private server.
@@ -72,6 +76,9 @@ class Gateway:
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._conn_count = 0
+        self.draining = False  # set by drain(): no new work, finish what is in flight
+        self._servers: list[asyncio.Server] = []
+        self._quieter = anyio.Event()  # set when a caller or splice goes, while draining
 
     @property
     def task_group(self) -> TaskGroup:
@@ -108,7 +115,11 @@ class Gateway:
             stack.push_async_callback(_close_server, public)
             tunnel = await _serve(loop, tunnel_factory, settings.tunnel_listen)
             stack.push_async_callback(_close_server, tunnel)
+            self._servers = [public, tunnel]
             stack.callback(self._close_connections)
+            self.admin = await start_admin(gateway_routes(self), settings.admin, "gateway")
+            if self.admin is not None:
+                stack.push_async_callback(self.admin.aclose)
         except BaseException:
             await stack.aclose()
             raise
@@ -157,6 +168,40 @@ class Gateway:
         if old - new:
             summary += ", removed " + ", ".join(sorted(old - new))
         return summary
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop taking work, let in-flight requests finish for up to ``grace`` s, cut the rest.
+
+        Both listening sockets close (a new caller or client is refused), idle
+        tunnel connections are told DRAIN so their clients re-dial (elsewhere,
+        behind a load balancer), idle callers are closed and busy ones get
+        ``Connection: close`` on their answer. Returns at once when nothing is
+        in flight; the connections are gone when it returns.
+        """
+        grace = self.settings.grace if grace is None else grace
+        if not self.draining:
+            self.draining = True
+            for server in self._servers:
+                server.close()
+            busy = len(self.callers) + len(self.splices)
+            log.info("draining: refusing new connections; %d in flight, grace %g s", busy, grace)
+            for conn in list(self.tunnel_conns):
+                conn.drain()
+            for caller in list(self.callers):
+                caller.drain()
+        with anyio.move_on_after(grace):
+            while self.callers or self.splices:
+                await self._quieter.wait()
+                self._quieter = anyio.Event()
+        left = len(self.callers) + len(self.splices)
+        if left:
+            log.warning("grace of %g s over: cutting %d connection(s) still in flight", grace, left)
+        self._close_connections()
+
+    def connection_gone(self) -> None:
+        """A caller or splice ended: a drain may be waiting for the last one."""
+        if self.draining:
+            self._quieter.set()
 
     async def run(self) -> None:
         """Serve until cancelled (the CLI's way)."""

@@ -28,6 +28,11 @@ is what older clients send, and stays valid.
 After READY the connection idles: the gateway sends ``PING``, the client
 answers ``PONG``; ``START <caller>`` ends the line protocol and every later
 byte belongs to the caller's stream.
+
+A gateway that is stopping (SIGTERM) sends ``REVGW/1 DRAIN <why>`` on each
+idle connection and closes it: the client re-dials, which behind a load
+balancer reaches another gateway. A client that does not know the verb reads
+an unexpected line, closes and re-dials too (with a warning in its log).
 """
 
 from __future__ import annotations
@@ -335,6 +340,15 @@ def check_verdict(token: str, challenge: Challenge, hello: Hello, line: bytes) -
 
 def start_line(caller: str) -> bytes:
     return b"START %s\r\n" % caller.encode("ascii", "replace")
+
+
+def drain_line(reason: str = "the gateway is stopping") -> bytes:
+    """Sent on an idle connection before closing it: re-dial (elsewhere), do not back off."""
+    return b"%s DRAIN %s\r\n" % (VERSION, _clean(reason))
+
+
+def is_drain(line: bytes) -> bool:
+    return line == VERSION + b" DRAIN" or line.startswith(VERSION + b" DRAIN ")
 
 
 def _number(value: float) -> str:

@@ -417,6 +417,10 @@ class ResponseReader:
         """May the connection carry another request once this response is done?"""
         return self.state is ResponseState.DONE and self.keep_alive and not self.trailing_garbage
 
+    def close_caller(self) -> None:
+        """Say ``Connection: close`` in the final head, if it has not gone out yet."""
+        self._close_caller = True
+
     @property
     def caller_may_continue(self) -> bool:
         """False when stray bytes may have reached the caller after the response."""

@@ -65,6 +65,7 @@ class Tunnel(Generic[C]):
         self.access = Access()
         self.live: set[C] = set()
         self.clients: dict[str, int] = {}
+        self.draining_clients: set[str] = set()  # said DRAIN: none of theirs kept warm
         self._idle: dict[C, None] = {}  # insertion-ordered set: oldest first
         self._warm: dict[C, None] = {}  # newest last
         self._waiters: deque[_Waiter[C]] = deque()

@@ -39,6 +39,11 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be greater than 0, not {value}")
 
 
+def _not_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{name} must be 0 or more, not {value}")
+
+
 def _address(name: str, value: str) -> None:
     try:
         parse_address(value)
@@ -127,10 +132,25 @@ class GatewaySettings:
         "FILE",
     )
     public_tls_key: str | None = setting(None, "PEM private key of the public certificate", "FILE")
+    admin: str = setting(
+        "127.0.0.1:9002",
+        "admin listener: /healthz, /readyz, /metrics, /api/tunnels, status page ('off' = none)",
+        "HOST:PORT|off",
+    )
+    ready_needs_tunnel: str = setting(
+        "",
+        "/readyz answers 503 until this tunnel is online ('' = listeners bound is enough)",
+        "NAME",
+    )
+    grace: float = setting(
+        10.0, "on SIGTERM, seconds in-flight requests get to finish before they are cut", "SECONDS"
+    )
 
     def __post_init__(self) -> None:
         _address("--listen", self.listen)
         _address("--tunnel-listen", self.tunnel_listen)
+        if self.admin != "off":
+            _address("--admin", self.admin)
         for name in (
             "pool_wait",
             "heartbeat",
@@ -149,6 +169,7 @@ class GatewaySettings:
             )
         if self.max_warm < 0:
             raise ConfigError(f"--max-warm must be 0 or more, not {self.max_warm}")
+        _not_negative("--grace", self.grace)
         if self.max_header_bytes < 1024:
             raise ConfigError("--max-header-bytes must be at least 1024")
         for name in (
@@ -233,8 +254,16 @@ class ClientSettings:
         "where trust on first use keeps 'host:port sha256:HEX' lines",
         "FILE",
     )
+    admin: str = setting(
+        "off",
+        "admin listener: /healthz, /readyz, /metrics, /api/status ('off' = none)",
+        "HOST:PORT|off",
+    )
     server_name: str | None = setting(
         None, "name to verify in the gateway's certificate (SNI) when dialling by IP", "NAME"
+    )
+    grace: float = setting(
+        10.0, "on SIGTERM, seconds in-flight requests get to finish before they are cut", "SECONDS"
     )
 
     def __post_init__(self) -> None:
@@ -244,6 +273,9 @@ class ClientSettings:
             raise ConfigError(f"--pool must be 1 or more, not {self.pool}")
         _positive("--dial-timeout", self.dial_timeout)
         _positive("--max-backoff", self.max_backoff)
+        if self.admin != "off":
+            _address("--admin", self.admin)
+        _not_negative("--grace", self.grace)
         if not self.client_id:
             object.__setattr__(self, "client_id", default_client_id())
         hosts = tuple(h.strip().lower() for h in self.host if h.strip())

@@ -90,6 +90,7 @@ class TunnelConnection(asyncio.Protocol):
         if state is TunnelState.CLOSED:
             tunnel.leave(self, self.client)
             if self.client not in tunnel.clients:
+                tunnel.draining_clients.discard(self.client)
                 log.info("[%s] client %s left tunnel '%s'", self.name, self.client, tunnel.name)
         elif state is TunnelState.IDLE:
             tunnel.offer(self)
@@ -170,6 +171,8 @@ class TunnelConnection(asyncio.Protocol):
             self._authenticate(hs.parse_hello(line))
         elif line == b"PONG" and self.state is TunnelState.PINGED:
             self._move(TunnelState.IDLE, self.gateway.settings.heartbeat)
+        elif hs.is_drain(line):
+            self._client_draining()
         else:
             raise ProtocolError(f"unexpected line {line[:40]!r} while {self.state.value}")
 
@@ -200,6 +203,7 @@ class TunnelConnection(asyncio.Protocol):
                 hello.tunnel,
                 exc,
             )
+            gateway.stats.handshakes["busy"] += 1
             self.transport.write(hs.busy_line(str(exc)))
             self.close()
             return
@@ -211,9 +215,11 @@ class TunnelConnection(asyncio.Protocol):
                 hello.tunnel,
                 exc,
             )
+            gateway.stats.handshakes["denied"] += 1
             self.transport.write(hs.denied_line(str(exc)))
             self.close()
             return
+        gateway.stats.handshakes["accepted"] += 1
         self.transport.write(hs.ready_line(tenant.token, self._challenge, hello))
         self.name = f"{hello.tunnel}#{self.number}"
         self.client = hello.client
@@ -229,6 +235,7 @@ class TunnelConnection(asyncio.Protocol):
                 self.peer,
                 hosts,
             )
+            gateway.stats.client_joined(tunnel.name, hello.client, self.peer)
         self.tunnel = tunnel
         tunnel.join(self, hello.client)
         self._move(TunnelState.IDLE, gateway.settings.heartbeat)
@@ -326,7 +333,10 @@ class TunnelConnection(asyncio.Protocol):
         self.exchange = None
         if self.state is not TunnelState.PAIRED:
             return
-        if reusable and self.gateway.settings.max_warm > 0:
+        tunnel = self.tunnel
+        client_draining = tunnel is not None and self.client in tunnel.draining_clients
+        stopping = self.gateway.draining or client_draining
+        if reusable and self.gateway.settings.max_warm > 0 and not stopping:
             self._move(TunnelState.WARM, self.gateway.settings.warm_timeout)
         else:
             self.close()
@@ -347,6 +357,34 @@ class TunnelConnection(asyncio.Protocol):
     def splice_closed(self) -> None:
         """The raw splice this connection was handed to has ended."""
         self._move(TunnelState.CLOSED)
+
+    def _client_draining(self) -> None:
+        """The client is stopping: close its warm connections now and keep none warm later."""
+        tunnel = self.tunnel
+        assert tunnel is not None
+        log.info("[%s] client %s is draining", self.name, self.client)
+        tunnel.draining_clients.add(self.client)
+        for conn in list(self.gateway.tunnel_conns):
+            ours = conn.tunnel is tunnel and conn.client == self.client
+            if ours and conn.state is TunnelState.WARM:
+                conn.close()
+        self.close()
+
+    def drain(self) -> None:
+        """The gateway is stopping: idle ones are told so (re-dial elsewhere) and closed.
+
+        A paired connection finishes its exchange and then closes (``release``).
+        """
+        if self.transport is None:
+            return
+        if self.state in (TunnelState.IDLE, TunnelState.PINGED):
+            self.transport.write(hs.drain_line())
+            self.close()
+        elif self.state is TunnelState.HANDSHAKE:
+            self.transport.write(hs.busy_line("the gateway is stopping"))
+            self.close()
+        elif self.state is TunnelState.WARM:
+            self.close()
 
     def close(self) -> None:
         """Close now; the connection leaves the pool at once, not when the socket is gone."""

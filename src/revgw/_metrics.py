@@ -1,0 +1,309 @@
+"""What the admin listener reports: plain counters on the hot path, Prometheus at scrape time.
+
+A request costs a dict lookup, a few integer additions and two bisects here;
+labels, families and text are built only when someone asks (``/metrics``,
+``/api/tunnels``). Each gateway and client has its own CollectorRegistry, so
+several of them in one process (the tests, ``revgw demo``) never collide.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ._tunnel_conn import TunnelState
+
+if TYPE_CHECKING:
+    from ._client import Client
+    from ._gateway import Gateway
+
+# Seconds: from a warm connection's millisecond to --upstream-timeout's minute.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+HANDSHAKE_RESULTS = ("accepted", "denied", "busy")
+NO_TUNNEL = "-"  # the label of requests answered before a tunnel was chosen (404, 400)
+MAX_FORGOTTEN_CLIENTS = 1024  # client entries kept for departed clients before pruning
+
+
+class Histogram:
+    """Bucket counts and a sum; observing is a bisect and two additions."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        total = 0
+        out = []
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
+class TunnelStats:
+    """One tunnel's counters since the gateway started."""
+
+    __slots__ = ("by_status", "bytes_in", "bytes_out", "upstream", "wait")
+
+    def __init__(self) -> None:
+        self.by_status: dict[int, int] = {}
+        self.bytes_in = 0  # request bodies from callers
+        self.bytes_out = 0  # responses to callers
+        self.wait = Histogram()  # from the request head to a paired tunnel connection
+        self.upstream = Histogram()  # from pairing to the response's end
+
+    @property
+    def requests(self) -> int:
+        return sum(self.by_status.values())
+
+
+class GatewayStats:
+    """Counters the gateway's connections bump; read by the collector and the JSON API."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.tunnels: dict[str, TunnelStats] = {}
+        self.handshakes = dict.fromkeys(HANDSHAKE_RESULTS, 0)
+        self.clients: dict[tuple[str, str], tuple[str, float]] = {}  # -> (address, since)
+
+    def tunnel(self, name: str) -> TunnelStats:
+        stats = self.tunnels.get(name)
+        if stats is None:
+            stats = self.tunnels[name] = TunnelStats()
+        return stats
+
+    def answered(self, tunnel: str, status: int) -> None:
+        """A request the gateway answered itself (no tunnel connection carried it)."""
+        by_status = self.tunnel(tunnel or NO_TUNNEL).by_status
+        by_status[status] = by_status.get(status, 0) + 1
+
+    def carried(
+        self,
+        tunnel: str,
+        status: int,
+        *,
+        wait: float,
+        upstream: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        """A request that went through a tunnel connection has ended."""
+        stats = self.tunnel(tunnel)
+        stats.by_status[status] = stats.by_status.get(status, 0) + 1
+        stats.bytes_in += bytes_in
+        stats.bytes_out += bytes_out
+        stats.wait.observe(wait)
+        stats.upstream.observe(upstream)
+
+    def client_joined(self, tunnel: str, client: str, address: str) -> None:
+        if len(self.clients) > MAX_FORGOTTEN_CLIENTS:
+            self.clients.clear()  # only the departed are lost: live ones re-register below
+        self.clients[(tunnel, client)] = (address, time.time())
+
+
+def tunnels_snapshot(gateway: Gateway) -> dict[str, Any]:
+    """``/api/tunnels``: every tunnel, its clients, pool and counters (also the page's data)."""
+    stats = gateway.stats
+    busy_states = (TunnelState.PAIRED, TunnelState.SPLICED)
+    tunnels: list[dict[str, Any]] = []
+    names = sorted(set(gateway.registry.tunnels) | set(stats.tunnels))
+    for name in names:
+        tunnel = gateway.registry.tunnels.get(name)
+        counters = stats.tunnels.get(name) or TunnelStats()
+        clients = []
+        pool = {"live": 0, "idle": 0, "busy": 0, "warm": 0, "waiting": 0}
+        if tunnel is not None:
+            for client in sorted(tunnel.clients):
+                address, since = stats.clients.get((name, client), ("unknown", stats.started))
+                clients.append(
+                    {
+                        "id": client,
+                        "address": address,
+                        "since": round(since, 3),
+                        "connections": tunnel.clients[client],
+                    }
+                )
+            pool = {
+                "live": len(tunnel.live),
+                "idle": tunnel.idle_count,
+                "busy": sum(1 for c in tunnel.live if c.state in busy_states),
+                "warm": tunnel.warm_count,
+                "waiting": tunnel.waiting_count,
+            }
+        tunnels.append(
+            {
+                "name": name,
+                "hosts": sorted(tunnel.hosts) if tunnel is not None else [],
+                "online": tunnel is not None and tunnel.online,
+                "clients": clients,
+                "pool": pool,
+                "counters": {
+                    "requests": counters.requests,
+                    "by_status": {str(k): v for k, v in sorted(counters.by_status.items())},
+                    "bytes_in": counters.bytes_in,
+                    "bytes_out": counters.bytes_out,
+                },
+            }
+        )
+    return {
+        "gateway": {
+            "address": gateway.address,
+            "tunnel_address": gateway.tunnel_address,
+            "uptime": round(time.time() - stats.started, 3),
+            "handshakes": dict(stats.handshakes),
+            "clients_connected": sum(len(t["clients"]) for t in tunnels),
+        },
+        "tunnels": tunnels,
+    }
+
+
+class _GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = tunnels_snapshot(self.gateway)
+        stats = self.gateway.stats
+        requests = CounterMetricFamily(
+            "revgw_requests", "Requests answered, by tunnel and status", labels=["tunnel", "status"]
+        )
+        bytes_in = CounterMetricFamily(
+            "revgw_bytes_in", "Request body bytes from callers", labels=["tunnel"]
+        )
+        bytes_out = CounterMetricFamily(
+            "revgw_bytes_out", "Response bytes to callers", labels=["tunnel"]
+        )
+        wait = HistogramMetricFamily(
+            "revgw_request_wait_seconds",
+            "Time a request waited for a tunnel connection",
+            labels=["tunnel"],
+        )
+        upstream = HistogramMetricFamily(
+            "revgw_upstream_latency_seconds",
+            "Time from pairing to the end of the response",
+            labels=["tunnel"],
+        )
+        online = GaugeMetricFamily(
+            "revgw_tunnel_online", "1 if a client serves it", labels=["tunnel"]
+        )
+        clients = GaugeMetricFamily(
+            "revgw_clients_connected", "Clients connected, by tunnel", labels=["tunnel"]
+        )
+        pool = {
+            key: GaugeMetricFamily(f"revgw_pool_{key}", text, labels=["tunnel"])
+            for key, text in (
+                ("idle", "Tunnel connections idle, ready for a request"),
+                ("busy", "Tunnel connections carrying a request"),
+                ("warm", "Tunnel connections kept warm after a request"),
+                ("waiting", "Requests waiting for a tunnel connection"),
+            )
+        }
+        for tunnel in snapshot["tunnels"]:
+            name = tunnel["name"]
+            counters = stats.tunnels.get(name)
+            if counters is not None:
+                for status, count in sorted(counters.by_status.items()):
+                    requests.add_metric([name, str(status)], count)
+                bytes_in.add_metric([name], counters.bytes_in)
+                bytes_out.add_metric([name], counters.bytes_out)
+                wait.add_metric([name], counters.wait.cumulative(), counters.wait.sum)
+                upstream.add_metric([name], counters.upstream.cumulative(), counters.upstream.sum)
+            if name == NO_TUNNEL:
+                continue
+            online.add_metric([name], 1 if tunnel["online"] else 0)
+            clients.add_metric([name], len(tunnel["clients"]))
+            for key, family in pool.items():
+                family.add_metric([name], tunnel["pool"][key])
+        handshakes = CounterMetricFamily(
+            "revgw_handshakes", "Tunnel handshakes, by result", labels=["result"]
+        )
+        for result, count in stats.handshakes.items():
+            handshakes.add_metric([result], count)
+        yield from (requests, bytes_in, bytes_out, wait, upstream, online, clients)
+        yield from pool.values()
+        yield handshakes
+
+
+class _ClientCollector(Collector):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        status = client_status(self.client)
+        yield GaugeMetricFamily(
+            "revgw_client_pool_idle",
+            "Connections idle at the gateway",
+            value=status["pool"]["idle"],
+        )
+        yield GaugeMetricFamily(
+            "revgw_client_pool_size",
+            "Idle connections wanted (--pool)",
+            value=status["pool"]["size"],
+        )
+        yield GaugeMetricFamily(
+            "revgw_client_paired", "Connections carrying a request", value=status["pool"]["paired"]
+        )
+        yield CounterMetricFamily(
+            "revgw_client_dials", "Tunnel connections dialled", status["dials"]
+        )
+        yield CounterMetricFamily(
+            "revgw_client_dial_failures", "Dials that failed", status["dial_failures"]
+        )
+        yield GaugeMetricFamily(
+            "revgw_client_backoff_seconds",
+            "Current wait before re-dialling (0 when connected)",
+            value=status["backoff"],
+        )
+
+
+def client_status(client: Client) -> dict[str, Any]:
+    """``/api/status`` of a client: its pool, dials, failures and backoff."""
+    settings = client.settings
+    keepers = client.keepers
+    return {
+        "client_id": settings.client_id,
+        "tunnel": settings.tunnel,
+        "gateway": settings.gateway,
+        "target": settings.target,
+        "pool": {
+            "size": settings.pool,
+            "idle": client.idle_count,
+            "paired": sum(len(k.splices) for k in keepers),
+        },
+        "dials": sum(k.dials for k in keepers),
+        "dial_failures": sum(k.dial_failures for k in keepers),
+        "backoff": max((k.backoff for k in keepers), default=0.0),
+    }
+
+
+def gateway_registry(gateway: Gateway) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_GatewayCollector(gateway))
+    return registry
+
+
+def client_registry(client: Client) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ClientCollector(client))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
