@@ -92,3 +92,21 @@ if [ ! -s "$OUT" ]; then
 	exit 1
 fi
 echo "$OUT: $URL in headless Chromium"
+
+# The gateway's live status page (admin listener, :9002), once the producer has
+# sent a few requests; the virtual-time budget lets the page's script fetch
+# /api/tunnels before the picture is taken.
+STATUS_URL=http://localhost:9002/
+STATUS_OUT=images/status.png
+sleep 3  # not readiness: let a few requests flow, so the page has numbers to show
+rm -f "$STATUS_OUT"
+timeout --kill-after=5 60 "$browser" --headless --no-sandbox --disable-gpu --disable-quic \
+	--no-first-run --disable-background-networking --disable-component-update --disable-sync \
+	--user-data-dir="$profile" --window-size=1000,640 --virtual-time-budget=3000 \
+	--screenshot="$STATUS_OUT" "$STATUS_URL" >"$profile/chromium.log" 2>&1 || true
+if [ ! -s "$STATUS_OUT" ]; then
+	echo "Chromium wrote no $STATUS_OUT; its output:" >&2
+	cat "$profile/chromium.log" >&2
+	exit 1
+fi
+echo "$STATUS_OUT: $STATUS_URL in headless Chromium"
