@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -28,6 +29,7 @@ from ._address import Address, parse_address
 from ._admin import AdminServer, client_routes, start_admin
 from ._errors import AccessDenied, ProtocolError, UpstreamUnreachable
 from ._http import error_response
+from ._proxy_protocol import proxy_header
 from ._settings import ClientSettings
 from ._splice import Splice
 from ._tls import GatewayTrust, TlsFailed, describe_tls_error
@@ -116,11 +118,14 @@ class TunnelLink(asyncio.Protocol):
                 settings.host,
                 basic=basic,
                 cidrs=cidrs,
+                tcp_port=settings.tcp or "",
             )
             self.transport.write(self._hello.line())
             return
         assert self._hello is not None
-        hs.check_verdict(settings.token, self._challenge, self._hello, line)
+        port = hs.check_verdict(settings.token, self._challenge, self._hello, line)
+        if settings.tcp is not None:
+            self.keeper.tcp_public(port)
         self._move(LinkState.IDLE)
         self._arm_watchdog()
         if not self.ready.done():
@@ -135,14 +140,14 @@ class TunnelLink(asyncio.Protocol):
             self.keeper.gateway_draining(self)
             self.close()
         elif line.startswith(b"START"):
-            caller = line[6:].decode("ascii", "replace") or "unknown"
+            caller, public = hs.parse_start(line)
             self._pending = self._reader.take_rest()
             self.transport.pause_reading()
             # Counted as in flight from now on: a drain must wait for it.
             splice = Splice(on_closed=self.keeper.splice_closed)
             self.keeper.splices.add(splice)
             self._move(LinkState.PAIRED)
-            self.keeper.task_group.start_soon(self._connect_target, caller, splice)
+            self.keeper.task_group.start_soon(self._connect_target, caller, splice, public)
         else:
             raise ProtocolError(f"unexpected line from the gateway while idle: {line[:40]!r}")
 
@@ -158,7 +163,7 @@ class TunnelLink(asyncio.Protocol):
         log.warning("[%s] no PING from the gateway for %g s; re-dialling", self.name, silence)
         self.close()
 
-    async def _connect_target(self, caller: str, splice: Splice) -> None:
+    async def _connect_target(self, caller: str, splice: Splice, public: str = "") -> None:
         settings = self.keeper.settings
         target = self.keeper.target
         loop = asyncio.get_running_loop()
@@ -181,6 +186,9 @@ class TunnelLink(asyncio.Protocol):
             splice.close()
             return
         log.info("[%s] paired: caller %s -> %s", self.name, caller, settings.target)
+        if settings.proxy_protocol and splice.b.transport is not None:
+            # Before any caller byte: the server learns who the caller really is.
+            splice.b.transport.write(proxy_header(settings.proxy_protocol, caller, public))
         Splice.adopt(splice.a, self.transport, self._pending)
         self._pending = b""
         self.transport.resume_reading()
@@ -188,6 +196,9 @@ class TunnelLink(asyncio.Protocol):
     def _answer_unreachable(self, reason: str) -> None:
         """Tell the caller where the chain broke, then let the gateway close."""
         if self.transport is None or self.transport.is_closing():
+            return
+        if self.keeper.settings.tcp is not None:  # raw TCP: no HTTP answer, just close
+            self.transport.close()
             return
         error = UpstreamUnreachable(
             f"the revgw client could not connect to the private server "
@@ -262,9 +273,19 @@ class _Drain(asyncio.Protocol):
 class Keeper:
     """Keeps ``pool`` idle connections at one gateway address, re-dialling as needed."""
 
-    def __init__(self, settings: ClientSettings, gateway: Address, task_group: TaskGroup) -> None:
+    def __init__(
+        self,
+        settings: ClientSettings,
+        gateway: Address,
+        task_group: TaskGroup,
+        dial_host: str | None = None,
+    ) -> None:
         self.settings = settings
-        self.gateway = gateway
+        self.gateway = gateway  # as configured: TLS verifies and remembers this name
+        # one of the addresses ``gateway``'s name resolved to, when it has several
+        self.dial = Address(dial_host or gateway.host, gateway.port)
+        self.label = f"{gateway} ({dial_host})" if dial_host else str(gateway)
+        self.on_idle_change: Callable[[], None] | None = None  # the Client's wait_ready
         self.target = parse_address(settings.target)
         self.task_group = task_group
         self.links: set[TunnelLink] = set()  # handshaking or idle
@@ -280,6 +301,7 @@ class Keeper:
         self._scope: anyio.CancelScope | None = None
         self._stopped = False
         self._quieter = anyio.Event()  # a splice or 502 answer ended
+        self.tcp_port = 0  # a TCP tunnel's public port at this gateway (READY port=)
         self.trust: GatewayTrust | None = None
         if settings.tls:
             self.trust = GatewayTrust(
@@ -298,6 +320,8 @@ class Keeper:
     def idle_changed(self) -> None:
         self._idle_event.set()
         self._idle_event = anyio.Event()
+        if self.on_idle_change is not None:
+            self.on_idle_change()
 
     async def wait_idle_change(self) -> None:
         await self._idle_event.wait()
@@ -307,6 +331,17 @@ class Keeper:
         if link in self.links:
             self.links.discard(link)
             self._changed.set()
+
+    def tcp_public(self, port: int) -> None:
+        """READY named our TCP tunnel's public port: say so when it is new."""
+        if port and port != self.tcp_port:
+            self.tcp_port = port
+            log.info(
+                "tcp tunnel '%s' is public on gateway %s port %d",
+                self.settings.tunnel,
+                self.gateway.host,
+                port,
+            )
 
     def splice_closed(self, splice: Splice) -> None:
         self.splices.discard(splice)
@@ -324,7 +359,7 @@ class Keeper:
     def gateway_draining(self, link: TunnelLink) -> None:
         if not self._gateway_draining:
             self._gateway_draining = True
-            log.info("gateway %s is draining; re-dialling", self.gateway)
+            log.info("gateway %s is draining; re-dialling", self.label)
         log.debug("[%s] DRAIN from the gateway", link.name)
 
     async def drain(self) -> None:
@@ -360,7 +395,7 @@ class Keeper:
                 if failures or not self._dialled_once:
                     log.info(
                         "connected to gateway %s: tunnel '%s', %d idle connections",
-                        self.gateway,
+                        self.label,
                         self.settings.tunnel,
                         self.idle_count,
                     )
@@ -373,7 +408,7 @@ class Keeper:
             delay = min(self.settings.max_backoff, 0.1 * 2**failures)
             delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: clients spread out
             log.warning(
-                "gateway %s: %s; retrying in %.1f s", self.gateway, _describe(errors[0]), delay
+                "gateway %s: %s; retrying in %.1f s", self.label, _describe(errors[0]), delay
             )
             self.backoff = delay
             await anyio.sleep(delay)
@@ -412,9 +447,7 @@ class Keeper:
             }
         try:
             with anyio.fail_after(self.settings.dial_timeout):
-                await loop.create_connection(
-                    lambda: link, self.gateway.host, self.gateway.port, **tls
-                )
+                await loop.create_connection(lambda: link, self.dial.host, self.dial.port, **tls)
                 self.links.add(link)
                 await link.ready
         except ssl.SSLError as exc:
@@ -434,7 +467,7 @@ class Keeper:
             self.links.discard(link)
             link.close()
             raise
-        log.debug("[%s] ready at %s", link.name, self.gateway)
+        log.debug("[%s] ready at %s", link.name, self.label)
 
 
 def _describe(exc: Exception) -> str:
@@ -443,6 +476,37 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+async def resolve_gateways(gateways: tuple[str, ...]) -> list[tuple[Address, str | None]]:
+    """Each ``--gateway``, and the addresses to dial it at: one pool per gateway.
+
+    A name that resolves to several addresses (a headless Kubernetes Service,
+    round-robin DNS) is several gateways: each gets its own pool, dialled by
+    address but verified (TLS) by name. A name with one address, or none yet, is
+    dialled by name, so every re-dial resolves it afresh. The set of addresses is
+    fixed when the client starts: a gateway added later is not dialled until restart.
+    """
+    loop = asyncio.get_running_loop()
+    resolved: list[tuple[Address, str | None]] = []
+    for text in gateways:
+        gateway = parse_address(text)
+        try:
+            infos = await loop.getaddrinfo(gateway.host, gateway.port, type=socket.SOCK_STREAM)
+        except OSError:
+            infos = []  # not resolvable yet: the keeper retries and says why
+        by_family: dict[int, list[str]] = {}
+        for family, *_, sockaddr in infos:
+            hosts = by_family.setdefault(family, [])
+            if str(sockaddr[0]) not in hosts:
+                hosts.append(str(sockaddr[0]))
+        # one IPv4 and one IPv6 address (``localhost``) are one host, not two gateways
+        hosts = max(by_family.values(), key=len, default=[])
+        if len(hosts) > 1:
+            resolved.extend((gateway, host) for host in hosts)
+        else:
+            resolved.append((gateway, None))
+    return resolved
 
 
 class Client:
@@ -457,8 +521,9 @@ class Client:
     def __init__(self, settings: ClientSettings | None = None, /, **overrides: Any) -> None:
         self.settings = replace(settings, **overrides) if settings else ClientSettings(**overrides)
         self._stack: AsyncExitStack | None = None
-        self.keepers: list[Keeper] = []
+        self.keepers: list[Keeper] = []  # one per gateway address
         self.admin: AdminServer | None = None
+        self._idle_event = anyio.Event()
 
     async def __aenter__(self) -> Client:
         stack = AsyncExitStack()
@@ -466,8 +531,12 @@ class Client:
         if self.admin is not None:
             stack.push_async_callback(self.admin.aclose)
         task_group = await stack.enter_async_context(anyio.create_task_group())
-        self.keepers = [Keeper(self.settings, parse_address(self.settings.gateway), task_group)]
+        self.keepers = [
+            Keeper(self.settings, gateway, task_group, dial_host)
+            for gateway, dial_host in await resolve_gateways(self.settings.gateway)
+        ]
         for keeper in self.keepers:
+            keeper.on_idle_change = self._idle_changed
             task_group.start_soon(keeper.run)
         stack.callback(self._close_links)
         stack.callback(task_group.cancel_scope.cancel)
@@ -495,15 +564,28 @@ class Client:
                 drain.transport.close()
 
     @property
+    def tcp_port(self) -> int:
+        """A TCP tunnel's public port, as the (first) gateway assigned it; 0 until known."""
+        return next((k.tcp_port for k in self.keepers if k.tcp_port), 0)
+
+    @property
     def idle_count(self) -> int:
         """Connections now idle at the gateway, ready for a request."""
         return sum(keeper.idle_count for keeper in self.keepers)
 
+    def _idle_changed(self) -> None:
+        self._idle_event.set()
+        self._idle_event = anyio.Event()
+
     async def wait_ready(self, count: int | None = None) -> None:
-        """Wait until ``count`` (default: the whole pool) connections are idle."""
-        wanted = self.settings.pool if count is None else count
-        while self.idle_count < wanted:
-            await self.keepers[0].wait_idle_change()
+        """Wait until ``count`` connections in all are idle (default: every gateway's pool)."""
+        pool = self.settings.pool
+        while (
+            self.idle_count < count
+            if count is not None
+            else any(keeper.idle_count < pool for keeper in self.keepers)
+        ):
+            await self._idle_event.wait()
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop new pairings, let in-flight splices finish for up to ``grace`` s, cut the rest.

@@ -30,6 +30,7 @@ from ._metrics import GatewayStats
 from ._pool import Registry
 from ._settings import GatewaySettings
 from ._splice import Splice
+from ._tcp import TcpPorts
 from ._tls import TlsHandOff, file_fingerprint, server_context
 from ._tokens import Tokens, load_tokens
 from ._tunnel_conn import TunnelConnection
@@ -67,6 +68,7 @@ class Gateway:
             self.settings.max_auth_failures, self.settings.auth_failure_window
         )
         self._refused_callers = BurstLog()
+        self.tcp = TcpPorts(self)  # raw TCP tunnels' public ports (_tcp.py)
         self.stats = GatewayStats()  # counters the admin listener reports (_metrics.py)
         self.admin: AdminServer | None = None
         self.address = ""
@@ -183,6 +185,7 @@ class Gateway:
             self.draining = True
             for server in self._servers:
                 server.close()
+            self.tcp.close()
             busy = len(self.callers) + len(self.splices)
             log.info("draining: refusing new connections; %d in flight, grace %g s", busy, grace)
             for conn in list(self.tunnel_conns):
@@ -218,6 +221,7 @@ class Gateway:
             settings.idle_timeout,
             settings.upstream_timeout,
             settings.warm_timeout,
+            *([settings.tcp_linger] if settings.tcp_ports and settings.tcp_linger > 0 else []),
         )
         while True:
             await anyio.sleep(tick)
@@ -226,6 +230,7 @@ class Gateway:
                 conn.check_deadline(now)
             for caller in list(self.callers):
                 caller.check_deadlines(now)
+            self.tcp.check_deadlines(now)
             self._log_refused(self._refused_callers.flush(now))
 
     def caller_refused(self) -> TooManyConnections | None:
@@ -256,6 +261,7 @@ class Gateway:
         return conn
 
     def _close_connections(self) -> None:
+        self.tcp.close()
         for splice in list(self.splices):
             splice.close()
         for conn in list(self.tunnel_conns):

@@ -41,7 +41,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ._errors import AccessDenied, GatewayBusy, ProtocolError
 
@@ -57,7 +57,8 @@ _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _HOST = re.compile(r"[a-z0-9*]([a-z0-9.-]{0,251}[a-z0-9])?")
 _HEX = re.compile(r"[0-9a-f]{16,128}")
 # access rules (optional AUTH fields): credential hashes and networks, checked in _tokens
-_OPTIONAL = {"basic", "cidr"}
+_OPTIONAL = {"basic", "cidr", "kind", "port"}
+_PORT = re.compile(r"auto|[1-9][0-9]{0,4}")
 MAX_CREDENTIALS = 4
 MAX_CIDRS = 16
 _BASIC = re.compile(r"pbkdf2-sha256\$[0-9]{4,6}\$[0-9a-f]{8,64}\$[0-9a-f]{16,128}")
@@ -193,6 +194,9 @@ class Hello:
     # networks. Absent from the line when empty, so older clients' lines stay valid.
     basic: tuple[str, ...] = ()
     cidrs: tuple[str, ...] = ()
+    # A raw TCP tunnel (``kind=tcp port=N|auto``); absent for HTTP tunnels. An
+    # older gateway refuses these fields as malformed: TCP needs a new one.
+    tcp_port: str = ""
 
     def _signed_part(self) -> str:
         hosts = ",".join(self.hosts) or "-"
@@ -201,6 +205,8 @@ class Hello:
             access += f" basic={','.join(self.basic)}"
         if self.cidrs:
             access += f" cidr={','.join(self.cidrs)}"
+        if self.tcp_port:
+            access += f" kind=tcp port={self.tcp_port}"
         return (
             f"key={self.key} tunnel={self.tunnel} client={self.client} "
             f"hosts={hosts}{access} cnonce={self.cnonce}"
@@ -234,10 +240,13 @@ def make_hello(
     *,
     basic: tuple[str, ...] = (),
     cidrs: tuple[str, ...] = (),
+    tcp_port: str = "",
 ) -> Hello:
-    unsigned = Hello(token_key(token), tunnel, client, hosts, new_nonce(), "", basic, cidrs)
+    unsigned = Hello(
+        token_key(token), tunnel, client, hosts, new_nonce(), "", basic, cidrs, tcp_port
+    )
     mac = _mac(token, "auth", challenge.nonce, unsigned._signed_part())
-    return Hello(unsigned.key, tunnel, client, hosts, unsigned.cnonce, mac, basic, cidrs)
+    return replace(unsigned, mac=mac)
 
 
 def parse_hello(line: bytes) -> Hello:
@@ -252,6 +261,11 @@ def parse_hello(line: bytes) -> Hello:
     basic = _list(fields, "basic", _BASIC, MAX_CREDENTIALS)
     cidrs = _list(fields, "cidr", _CIDR, MAX_CIDRS)
     hosts = () if fields["hosts"] == "-" else tuple(fields["hosts"].split(","))
+    tcp_port = fields.get("port", "")
+    if ("kind" in fields or tcp_port) and (
+        fields.get("kind") != "tcp" or not _PORT.fullmatch(tcp_port)
+    ):
+        raise ProtocolError("AUTH fields kind/port must be kind=tcp port=N|auto")
     try:
         check_identity(fields["tunnel"], fields["client"], hosts)
     except ValueError as exc:
@@ -268,6 +282,7 @@ def parse_hello(line: bytes) -> Hello:
         fields["mac"],
         basic,
         cidrs,
+        tcp_port,
     )
 
 
@@ -295,9 +310,11 @@ def verify_hello(token: str, challenge: Challenge, hello: Hello) -> None:
 # --- gateway -> client: the verdict -----------------------------------------
 
 
-def ready_line(token: str, challenge: Challenge, hello: Hello) -> bytes:
+def ready_line(token: str, challenge: Challenge, hello: Hello, port: int = 0) -> bytes:
+    """READY with the proof; for a TCP tunnel also ``port=N``, its public port."""
     proof = _mac(token, "ready", hello.cnonce, challenge.nonce)
-    return b"%s READY proof=%s\r\n" % (VERSION, proof.encode())
+    extra = b" port=%d" % port if port else b""
+    return b"%s READY proof=%s%s\r\n" % (VERSION, proof.encode(), extra)
 
 
 def denied_line(reason: str) -> bytes:
@@ -319,9 +336,10 @@ def _check_busy(line: bytes) -> None:
         raise GatewayBusy(f"the gateway is busy: {reason or 'try again later'}")
 
 
-def check_verdict(token: str, challenge: Challenge, hello: Hello, line: bytes) -> None:
+def check_verdict(token: str, challenge: Challenge, hello: Hello, line: bytes) -> int:
     """Accept a READY that proves the gateway holds the token; raise otherwise.
 
+    Returns the public TCP port READY named (0 if none).
     Raises AccessDenied on DENIED (do not retry), GatewayBusy on BUSY (retry
     later), ProtocolError on anything else.
     """
@@ -333,13 +351,23 @@ def check_verdict(token: str, challenge: Challenge, hello: Hello, line: bytes) -
     expected = _mac(token, "ready", hello.cnonce, challenge.nonce)
     if not hmac.compare_digest(expected, fields.get("proof", "")):
         raise ProtocolError("the gateway could not prove it knows the token")
+    port = fields.get("port", "0")
+    return int(port) if port.isdigit() and int(port) <= 65535 else 0
 
 
 # --- the idle phase -----------------------------------------------------------
 
 
-def start_line(caller: str) -> bytes:
-    return b"START %s\r\n" % caller.encode("ascii", "replace")
+def start_line(caller: str, public: str = "") -> bytes:
+    """``START <caller>``; a TCP tunnel adds the public address the caller dialled."""
+    text = f"{caller} {public}" if public else caller
+    return b"START %s\r\n" % text.encode("ascii", "replace")
+
+
+def parse_start(line: bytes) -> tuple[str, str]:
+    """The caller's address and (TCP tunnels) the public one from a START line."""
+    words = line[6:].decode("ascii", "replace").split(" ")
+    return (words[0] or "unknown"), (words[1] if len(words) > 1 else "")
 
 
 def drain_line(reason: str = "the gateway is stopping") -> bytes:

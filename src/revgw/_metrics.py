@@ -260,6 +260,12 @@ class _ClientCollector(Collector):
         yield GaugeMetricFamily(
             "revgw_client_paired", "Connections carrying a request", value=status["pool"]["paired"]
         )
+        per_gateway = GaugeMetricFamily(
+            "revgw_client_gateway_idle", "Connections idle at each gateway", labels=["gateway"]
+        )
+        for gateway in status["gateways"]:
+            per_gateway.add_metric([gateway["address"]], gateway["idle"])
+        yield per_gateway
         yield CounterMetricFamily(
             "revgw_client_dials", "Tunnel connections dialled", status["dials"]
         )
@@ -280,7 +286,7 @@ def client_status(client: Client) -> dict[str, Any]:
     return {
         "client_id": settings.client_id,
         "tunnel": settings.tunnel,
-        "gateway": settings.gateway,
+        "gateway": ", ".join(settings.gateway),
         "target": settings.target,
         "pool": {
             "size": settings.pool,
@@ -290,6 +296,17 @@ def client_status(client: Client) -> dict[str, Any]:
         "dials": sum(k.dials for k in keepers),
         "dial_failures": sum(k.dial_failures for k in keepers),
         "backoff": max((k.backoff for k in keepers), default=0.0),
+        "gateways": [  # one pool per gateway address
+            {
+                "address": k.label,
+                "idle": k.idle_count,
+                "paired": len(k.splices),
+                "dials": k.dials,
+                "dial_failures": k.dial_failures,
+                "backoff": k.backoff,
+            }
+            for k in keepers
+        ],
     }
 
 

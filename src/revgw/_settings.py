@@ -145,9 +145,17 @@ class GatewaySettings:
     grace: float = setting(
         10.0, "on SIGTERM, seconds in-flight requests get to finish before they are cut", "SECONDS"
     )
+    tcp_ports: str = setting(
+        "", "public ports TCP tunnels may listen on ('' = no TCP tunnels)", "LO-HI"
+    )
+    tcp_linger: float = setting(
+        30.0, "seconds a TCP tunnel's port stays open after its last client left", "SECONDS"
+    )
 
     def __post_init__(self) -> None:
         _address("--listen", self.listen)
+        tcp_port_range(self.tcp_ports)
+        _not_negative("--tcp-linger", self.tcp_linger)
         _address("--tunnel-listen", self.tunnel_listen)
         if self.admin != "off":
             _address("--admin", self.admin)
@@ -207,6 +215,16 @@ class GatewaySettings:
             )
 
 
+def tcp_port_range(text: str) -> range:
+    """``--tcp-ports LO-HI`` as a range (empty for ''); ConfigError if unusable."""
+    if not text:
+        return range(0)
+    lo, sep, hi = text.partition("-")
+    if not (sep and lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
+        raise ConfigError(f"--tcp-ports {text!r} must be LO-HI, ports 1-65535, LO <= HI")
+    return range(int(lo), int(hi) + 1)
+
+
 def default_client_id() -> str:
     name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40].strip("-.") or "client"
     return f"{name}-{os.getpid()}"
@@ -214,7 +232,12 @@ def default_client_id() -> str:
 
 @dataclass(frozen=True)
 class ClientSettings:
-    gateway: str = setting("127.0.0.1:9001", "the gateway's tunnel address", "HOST:PORT")
+    gateway: tuple[str, ...] = setting(
+        ("127.0.0.1:9001",),
+        "a gateway's tunnel address; a pool is kept at each (repeatable; a name "
+        "resolving to several addresses gets a pool per address)",
+        "HOST:PORT",
+    )
     target: str = setting("127.0.0.1:8080", "the private server requests go to", "HOST:PORT")
     pool: int = setting(8, "idle tunnel connections kept ready at the gateway", "N")
     tunnel: str = setting("default", "name of the tunnel this client serves", "NAME")
@@ -265,10 +288,32 @@ class ClientSettings:
     grace: float = setting(
         10.0, "on SIGTERM, seconds in-flight requests get to finish before they are cut", "SECONDS"
     )
+    tcp: str | None = setting(
+        None, "serve a raw TCP tunnel on this public gateway port (or 'auto')", "PORT|auto"
+    )
+    proxy_protocol: str | None = setting(
+        None, "TCP tunnels: send the caller's address to the server as PROXY v1 or v2", "v1|v2"
+    )
 
     def __post_init__(self) -> None:
-        _address("--gateway", self.gateway)
+        gateways: Any = self.gateway
+        if isinstance(gateways, str):  # Client(gateway="h:p"), as the README shows
+            gateways = (gateways,)
+        gateways = tuple(dict.fromkeys(g.strip() for g in gateways if g.strip()))
+        if not gateways:
+            raise ConfigError("--gateway: give at least one gateway address")
+        object.__setattr__(self, "gateway", gateways)
+        for gateway in gateways:
+            _address("--gateway", gateway)
         _address("--target", self.target)
+        if self.tcp is not None and not (
+            self.tcp == "auto" or (self.tcp.isdigit() and 1 <= int(self.tcp) <= 65535)
+        ):
+            raise ConfigError(f"--tcp must be a port 1-65535 or 'auto', not {self.tcp!r}")
+        if self.tcp is not None and self.host:
+            raise ConfigError("--tcp and --host exclude each other: a TCP tunnel has no Host")
+        if self.proxy_protocol not in (None, "v1", "v2"):
+            raise ConfigError(f"--proxy-protocol must be v1 or v2, not {self.proxy_protocol!r}")
         if self.pool < 1:
             raise ConfigError(f"--pool must be 1 or more, not {self.pool}")
         _positive("--dial-timeout", self.dial_timeout)

@@ -191,6 +191,11 @@ class TunnelConnection(asyncio.Protocol):
             tenant.check(hello.tunnel, hello.hosts)
             self._check_limits(hello)
             access = tenant.access_for(hello.tunnel, access_from_hello(hello.basic, hello.cidrs))
+            tcp_port = 0
+            if hello.tcp_port:
+                tcp_port = gateway.tcp.claim(hello.tunnel, hello.tcp_port, hello.hosts)
+            else:
+                gateway.tcp.check_http(hello.tunnel)
             try:
                 tunnel = gateway.registry.claim(hello.tunnel, hello.hosts, access)
             except ValueError as exc:
@@ -220,7 +225,7 @@ class TunnelConnection(asyncio.Protocol):
             self.close()
             return
         gateway.stats.handshakes["accepted"] += 1
-        self.transport.write(hs.ready_line(tenant.token, self._challenge, hello))
+        self.transport.write(hs.ready_line(tenant.token, self._challenge, hello, tcp_port))
         self.name = f"{hello.tunnel}#{self.number}"
         self.client = hello.client
         if hello.client not in tunnel.clients:
