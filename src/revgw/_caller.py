@@ -78,6 +78,8 @@ class CallerConnection(asyncio.Protocol):
         self._wait_scope: anyio.CancelScope | None = None
         self._caller_eof = False
         self._pumping = False
+        self._caller_ip = ""
+        self._trusted = False
         self._tunnel_name = ""  # the current request's tunnel, for the metrics
 
     # --- the one place the state changes --------------------------------------------
@@ -107,6 +109,9 @@ class CallerConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.peer = peer_of(transport.get_extra_info("peername"))
+        # Who the caller is does not change between its requests: work it out once.
+        self._caller_ip = self.peer.rpartition(":")[0].strip("[]")
+        self._trusted = self._caller_ip in TrustedProxies.of(self.gateway.settings.trusted_proxies)
         refusal = self.gateway.caller_refused()
         self.gateway.callers.add(self)
         if refusal is not None:
@@ -317,10 +322,10 @@ class CallerConnection(asyncio.Protocol):
         self.exchange = exchange
         if self.gateway.draining:
             exchange.response.close_caller()
-        caller_ip = self.peer.rpartition(":")[0].strip("[]")
-        trusted = caller_ip in TrustedProxies.of(self.gateway.settings.trusted_proxies)
         exchange.start(
-            render_request_head(head, caller_ip, self.gateway.public_scheme, trusted=trusted)
+            render_request_head(
+                head, self._caller_ip, self.gateway.public_scheme, trusted=self._trusted
+            )
         )
         self._pump()
 

@@ -203,6 +203,7 @@ class Registry(Generic[C]):
     def __init__(self, default_tunnel: str, max_warm: int) -> None:
         self.tunnels: dict[str, Tunnel[C]] = {}
         self._host_owner: dict[str, str] = {}
+        self._wildcards = False  # has any tunnel claimed a *. host? (skip the search if not)
         self._default = default_tunnel
         self._max_warm = max_warm
         if default_tunnel:
@@ -243,6 +244,8 @@ class Registry(Generic[C]):
                 self.tunnels[previous].hosts.discard(host)
                 log.info("host %s moves from offline tunnel '%s' to '%s'", host, previous, name)
             self._host_owner[host] = name
+            if host.startswith("*."):
+                self._wildcards = True
             tunnel.hosts.add(host)
         return tunnel
 
@@ -258,6 +261,8 @@ class Registry(Generic[C]):
 
     def _wildcard_owner(self, host: str) -> str | None:
         """The tunnel claiming the most specific ``*.`` wildcard above ``host``, if any."""
+        if not self._wildcards:  # the common case: no wildcard claimed, nothing to search
+            return None
         labels = host.split(".")
         for start in range(1, len(labels)):
             owner = self._host_owner.get("*." + ".".join(labels[start:]))
