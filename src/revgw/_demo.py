@@ -58,7 +58,7 @@ class DemoSettings:
 
 
 async def run_demo(settings: DemoSettings) -> int:
-    token = secrets.token_urlsafe(16)
+    token = secrets.token_hex(16)
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(
             Server(ServerSettings(listen=settings.server_listen))

@@ -39,6 +39,12 @@ from ._util import unwrap_group
 log = logging.getLogger("revgw.gateway")
 
 
+def new_token() -> str:
+    """A random token of 192 bits, in hex: it never starts with "-", so the printed
+    ``revgw client ... --token TOKEN`` command line cannot mistake it for a flag."""
+    return secrets.token_hex(24)
+
+
 class Gateway:
     """Run a gateway: an async context manager.
 
@@ -56,7 +62,7 @@ class Gateway:
         if self.settings.tokens is not None:
             self.tokens = load_tokens(self.settings.tokens)
         else:
-            self.token = self.settings.token or secrets.token_urlsafe(24)
+            self.token = self.settings.token or new_token()
             self.tokens = Tokens.single(self.token)
         self.registry: Registry[TunnelConnection] = Registry(
             self.settings.default_tunnel, self.settings.max_warm
