@@ -201,28 +201,10 @@ class TunnelConnection(asyncio.Protocol):
             except ValueError as exc:
                 raise AccessDenied(str(exc)) from None
         except GatewayBusy as exc:
-            log.warning(
-                "tunnel port: busy for %s (client %s, tunnel '%s'): %s",
-                self.peer,
-                hello.client,
-                hello.tunnel,
-                exc,
-            )
-            gateway.stats.handshakes["busy"] += 1
-            self.transport.write(hs.busy_line(str(exc)))
-            self.close()
+            self._refuse("busy", "busy for", hs.busy_line(str(exc)), hello, exc)
             return
         except AccessDenied as exc:
-            log.warning(
-                "tunnel port: denied %s (client %s, tunnel '%s'): %s",
-                self.peer,
-                hello.client,
-                hello.tunnel,
-                exc,
-            )
-            gateway.stats.handshakes["denied"] += 1
-            self.transport.write(hs.denied_line(str(exc)))
-            self.close()
+            self._refuse("denied", "denied", hs.denied_line(str(exc)), hello, exc)
             return
         gateway.stats.handshakes["accepted"] += 1
         self.transport.write(hs.ready_line(tenant.token, self._challenge, hello, tcp_port))
@@ -281,6 +263,21 @@ class TunnelConnection(asyncio.Protocol):
                 f"tunnel '{hello.tunnel}' already holds {settings.max_conns_per_tunnel} "
                 f"connections (--max-conns-per-tunnel); retry later"
             )
+
+    def _refuse(self, result: str, what: str, line: bytes, hello: hs.Hello, exc: Exception) -> None:
+        """Answer a handshake with ``line`` (BUSY or DENIED): one log line, counted, closed."""
+        log.warning(
+            "tunnel port: %s %s (client %s, tunnel '%s'): %s",
+            what,
+            self.peer,
+            hello.client,
+            hello.tunnel,
+            exc,
+        )
+        self.gateway.stats.handshakes[result] += 1
+        assert self.transport is not None
+        self.transport.write(line)
+        self.close()
 
     def _ping(self) -> None:
         assert self.transport is not None
