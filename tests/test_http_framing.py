@@ -1103,3 +1103,130 @@ def test_valid_responses_pass_through_unchanged_however_split(
     assert reader.state is ResponseState.DONE
     assert reader.status == status
     assert reader.reusable is (framing != "close")
+
+
+# --- the fast ways: a head passed on as it came, a reader kept per connection -----------------
+
+FAST_PATH_HEADS = [
+    GET,
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nconnection: Keep-Alive\r\nAccept: */*\r\n\r\n",
+    b"GET / HTTP/1.1\r\nConnection: close\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: [::1]:9000\r\nUser-Agent: curl/8\r\nX-2: 1\r\nX-2: 2\r\n\r\n",
+    b"DELETE /item/7 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+]
+SLOW_PATH_HEADS = [
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: timeout=5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=1.2.3.4\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nClose: named-so-dropped\r\n\r\n",
+    UPGRADE,
+]
+
+
+def general_render(head: RequestHead, *args: str) -> bytes:
+    """What rendering gives without the head's raw bytes (the general way)."""
+    raw, head.raw = head.raw, None
+    try:
+        return render_request_head(head, *args)
+    finally:
+        head.raw = raw
+
+
+@pytest.mark.parametrize("data", FAST_PATH_HEADS)
+@pytest.mark.parametrize("proto", ["http", "https"])
+def test_head_that_came_whole_renders_the_same_from_its_raw_bytes(data: bytes, proto: str) -> None:
+    head = one_request(data)
+    assert head.raw is not None
+    assert render_request_head(head, "203.0.113.9", proto) == general_render(
+        head, "203.0.113.9", proto
+    )
+    assert render_request_head(head, "203.0.113.9", proto, True) == general_render(
+        head, "203.0.113.9", proto, True
+    )
+
+
+@pytest.mark.parametrize("data", SLOW_PATH_HEADS)
+def test_head_with_something_to_drop_or_keep_is_rendered_the_general_way(data: bytes) -> None:
+    assert one_request(data).raw is None
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        bytewise(GET),
+        [GET[:20], GET[20:]],
+        [b"\r\n" + GET],  # an empty line before it
+        [GET + GET],  # pipelined: two heads in one read
+        [POST_CL],  # a body came with it
+    ],
+    ids=["bytewise", "two-reads", "after-empty-line", "pipelined", "with-body"],
+)
+def test_head_not_alone_in_one_read_has_no_raw_bytes(pieces: list[bytes]) -> None:
+    for head in heads(read_requests(b"", pieces)):
+        assert head.raw is None
+
+
+def test_connection_lines_are_cut_from_raw_bytes_only() -> None:
+    head = one_request(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAccept: */*\r\n\r\n")
+    out = render_request_head(head, "203.0.113.9")
+    assert header(out, b"connection") == []
+    assert header(out, b"accept") == [b"*/*"]
+    assert header(head, b"connection") == [b"close"]  # the parsed head keeps what came
+
+
+def test_one_reader_frames_a_series_of_responses() -> None:
+    """Warm reuse: the reader (and its parser, when it can) carries on to the next response."""
+    reader = ResponseReader()
+    series = [
+        (b"GET", OK_CL),
+        (b"GET", OK_CHUNKED),
+        (b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"),  # a body it will not send
+        (b"GET", OK_CL),
+        (b"POST", b"HTTP/1.1 100 Continue\r\n\r\n" + OK_CL),
+        (b"GET", OK_CL),
+    ]
+    for method, response in series:
+        reader.expect(method)
+        assert reader.feed(response) == response, method
+        assert reader.state is ResponseState.DONE
+        assert reader.reusable is True
+        assert reader.sent_bytes == len(response)
+
+
+def test_reader_after_a_close_delimited_response_is_not_reused_wrongly() -> None:
+    reader = ResponseReader()
+    reader.expect(b"GET")
+    reader.feed(b"HTTP/1.1 200 OK\r\n\r\nstream")
+    assert reader.close_delimited is True
+    reader.feed_eof()
+    assert reader.reusable is False  # the connection closes; the exchange never re-arms it
+
+
+@pytest.mark.parametrize(
+    ("response", "chunked", "close_delimited"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", False, False),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", True, False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", True, False),
+        (b"HTTP/1.1 200 OK\r\nX-Content-Length: 2\r\n\r\n", False, True),
+        (b"HTTP/1.1 200 OK\r\nX-Note: chunked\r\n\r\n", False, True),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False, False),
+        (b"HTTP/1.1 100 Continue\r\nContent-Length: 9\r\n\r\nHTTP/1.1 200 OK\r\n\r\n", False, True),
+    ],
+)
+def test_response_framing_is_read_off_the_final_head(
+    response: bytes, chunked: bool, close_delimited: bool
+) -> None:
+    for pieces in ([response], bytewise(response)):
+        reader = ResponseReader(b"GET")
+        for piece in pieces:
+            reader.feed(piece)
+        assert reader.state is not ResponseState.HEAD
+        assert reader.caller_may_continue is True
+        assert reader._chunked is chunked
+        assert reader.close_delimited is close_delimited

@@ -63,6 +63,19 @@ class CallerState(enum.Enum):
     CLOSED = "closed"
 
 
+def _pass_on(exchange: Exchange, event: RequestEvent | HTTPError) -> bool:
+    """Give a body event to the current request's exchange; False for anything else."""
+    if isinstance(event, EndOfMessage):
+        exchange.end_request()
+    elif isinstance(event, Body):
+        exchange.send_body(event.data)
+    elif isinstance(event, Upgraded):
+        exchange.send_raw(event.data)
+    else:
+        return False  # a request head or an error: not this exchange's
+    return True
+
+
 class CallerConnection(asyncio.Protocol):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -174,13 +187,8 @@ class CallerConnection(asyncio.Protocol):
         exchange = self.exchange
         assert exchange is not None
         for index, event in enumerate(events):
-            if isinstance(event, Body):
-                exchange.send_body(event.data)
-            elif isinstance(event, EndOfMessage):
-                exchange.end_request()
-            elif isinstance(event, Upgraded):
-                exchange.send_raw(event.data)
-            else:  # the next request's head (pipelining) or an error: after this one
+            if not _pass_on(exchange, event):
+                # The next request's head (pipelining) or an error: after this one.
                 self._queue.extend(events[index:])
                 self.pause_reading("pipeline", True)
                 return
@@ -200,18 +208,18 @@ class CallerConnection(asyncio.Protocol):
             self._pumping = False
 
     def _pump_queue(self) -> None:
-        while self._queue:
-            if self.exchange is not None:
-                event = self._queue[0]
-                if isinstance(event, RequestHead | HTTPError):
-                    self.pause_reading("pipeline", True)
+        queue = self._queue
+        while queue:
+            exchange = self.exchange
+            if exchange is not None:
+                if not _pass_on(exchange, queue[0]):
+                    self.pause_reading("pipeline", True)  # the next request: after this one
                     return
-                self._queue.popleft()
-                self._forward([event])
+                queue.popleft()
                 continue
             if self.state is not CallerState.READING:
                 return
-            event = self._queue.popleft()
+            event = queue.popleft()
             if isinstance(event, HTTPError):
                 log.warning("caller %s: %d %s", self.peer, event.status, event)
                 self._answer(event, None)
@@ -219,10 +227,13 @@ class CallerConnection(asyncio.Protocol):
                 self._dispatch(event, attempt=1)
             # a stray Body/End here belongs to a request already answered: skip it
         self._queued_bytes = 0
-        self.pause_reading("queue", False)
+        if self._paused:
+            self.pause_reading("queue", False)
 
     def pause_reading(self, reason: str, paused: bool) -> None:
         """Reading stops while any reason holds: backpressure, pipelining, queue size."""
+        if not paused and not self._paused:
+            return  # the common case, once per request: nothing to resume
         before = bool(self._paused)
         if paused:
             self._paused.add(reason)
@@ -245,7 +256,8 @@ class CallerConnection(asyncio.Protocol):
         try:
             tunnel = self.gateway.registry.route(head.host)
             self._tunnel_name = tunnel.name
-            self._check_access(tunnel, head)
+            if not tunnel.access.empty:
+                self._check_access(tunnel, head)
             limit = self.gateway.settings.max_body_bytes
             if head.content_length is not None and head.content_length > limit:
                 raise BodyTooLarge(
@@ -274,8 +286,6 @@ class CallerConnection(asyncio.Protocol):
         is forwarded as it came: the private server may use it too.
         """
         access = tunnel.access
-        if access.empty:
-            return
         address = self.peer.rpartition(":")[0].strip("[]")
         if not access.address_allowed(address):
             raise Forbidden(f"tunnel '{tunnel.name}' does not accept callers from {address}")
@@ -317,17 +327,15 @@ class CallerConnection(asyncio.Protocol):
         self, head: RequestHead, conn: TunnelConnection, attempt: int, started: float
     ) -> None:
         self._move(CallerState.FORWARDING)
-        exchange = Exchange(self, conn, head, attempt)
-        exchange.started = started
-        self.exchange = exchange
-        if self.gateway.draining:
+        gateway = self.gateway
+        exchange = self.exchange = Exchange(self, conn, head, attempt, started)
+        if gateway.draining:
             exchange.response.close_caller()
         exchange.start(
-            render_request_head(
-                head, self._caller_ip, self.gateway.public_scheme, trusted=self._trusted
-            )
+            render_request_head(head, self._caller_ip, gateway.public_scheme, self._trusted)
         )
-        self._pump()
+        if self._queue:
+            self._pump()  # the body that came with the head
 
     # --- called by the exchange --------------------------------------------------------------
 
@@ -425,8 +433,10 @@ class CallerConnection(asyncio.Protocol):
     def _next_or_close(self, keep_alive: bool) -> None:
         if keep_alive and not self._caller_eof and not self.gateway.draining:
             self._move(CallerState.READING, self.gateway.settings.idle_timeout)
-            self.pause_reading("pipeline", False)
-            self._pump()
+            if self._paused:
+                self.pause_reading("pipeline", False)
+            if self._queue:
+                self._pump()  # a pipelined request is next
             return
         self._close_lingering()
 

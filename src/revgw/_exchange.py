@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ._clock import NEVER
 from ._errors import BadUpstreamResponse, BodyTooLarge, HTTPError, UpstreamTimeout
-from ._http import LAST_CHUNK, RequestHead, ResponseReader, ResponseState, encode_chunk
+from ._http import LAST_CHUNK, RequestHead, ResponseState, encode_chunk
 
 if TYPE_CHECKING:
     from ._caller import CallerConnection
@@ -37,12 +37,29 @@ class ExchangeState(enum.Enum):
 
 
 class Exchange:
+    __slots__ = (
+        "_heard_back",
+        "_request_done",
+        "_tunnel_paused",
+        "attempt",
+        "body_bytes",
+        "caller",
+        "conn",
+        "deadline",
+        "head",
+        "paired",
+        "response",
+        "started",
+        "state",
+    )
+
     def __init__(
         self,
         caller: CallerConnection,
         conn: TunnelConnection,
         head: RequestHead,
         attempt: int,
+        started: float,
     ) -> None:
         self.caller = caller
         self.conn = conn
@@ -51,8 +68,10 @@ class Exchange:
         self.state = ExchangeState.SENDING
         # A caller that asked to close must read so in the answer (the server
         # was asked to keep the tunnel connection alive, and will say so).
-        self.response = ResponseReader(head.method, close_caller=not head.keep_alive)
-        self.started = self.paired = time.monotonic()  # started: reset by the caller
+        self.response = conn.response_reader()
+        self.response.expect(head.method, not head.keep_alive)
+        self.started = started  # when the request head was read
+        self.paired = time.monotonic()
         self.deadline = NEVER  # while AWAITING: when the server is too slow
         self._heard_back = False  # any byte at all from the tunnel connection
         # The response may begin before the request ends (a 100 Continue, an
@@ -60,12 +79,7 @@ class Exchange:
         # own flag: the body must keep flowing while the response does.
         self._request_done = False
         self._tunnel_paused = False
-        self._body_bytes = 0  # request body passed on so far (--max-body-bytes)
-
-    @property
-    def body_bytes(self) -> int:
-        """Request body bytes passed on so far."""
-        return self._body_bytes
+        self.body_bytes = 0  # request body passed on so far (--max-body-bytes)
 
     def start(self, rendered_head: bytes) -> None:
         self.conn.pair(self, rendered_head, self.caller.peer)
@@ -75,9 +89,9 @@ class Exchange:
     def send_body(self, data: bytes) -> None:
         if self._request_done or self.state is ExchangeState.DONE:
             return
-        self._body_bytes += len(data)
+        self.body_bytes += len(data)
         limit = self.caller.gateway.settings.max_body_bytes
-        if self._body_bytes > limit:
+        if self.body_bytes > limit:
             # Only a chunked body gets here (a Content-Length over the limit is
             # refused before pairing). The server has a truncated body: the
             # tunnel connection is closed, never reused (``_fail``).
@@ -118,9 +132,10 @@ class Exchange:
             return
         if out:
             self.caller.write(out)
-        if self.response.state is not ResponseState.HEAD:
-            self._received()  # the final head is in: a 1xx alone does not count
         state = self.response.state
+        if state is ResponseState.HEAD:
+            return  # nothing yet, or a 1xx: still waiting for the final head
+        self.state = ExchangeState.RECEIVING  # the deadline only holds while AWAITING
         if state is ResponseState.DONE:
             self._finish()
         elif state is ResponseState.UPGRADED:
@@ -171,9 +186,6 @@ class Exchange:
 
     # --- endings --------------------------------------------------------------------
 
-    def _received(self) -> None:
-        self.state = ExchangeState.RECEIVING  # the deadline only holds while AWAITING
-
     def check_deadline(self, now: float) -> None:
         """Called by the gateway's clock: answer 504 if the server is too slow."""
         if self.state is ExchangeState.AWAITING and now >= self.deadline:
@@ -194,7 +206,7 @@ class Exchange:
         self.state = ExchangeState.DONE
         if self._tunnel_paused:
             self.caller_paused(False)
-        self.upstream_paused(False)
+        self.caller.pause_reading("upstream", False)
 
     def _finish(self, upgraded: bool = False) -> None:
         request_done = self._request_done
@@ -202,14 +214,14 @@ class Exchange:
         if upgraded:
             self.caller.exchange_upgraded(self)
             return
-        reusable = self.response.reusable and request_done and self.head.version == "1.1"
-        self.conn.release(reusable)
+        head, response = self.head, self.response
+        self.conn.release(response.reusable and request_done and head.version == "1.1")
         keep_alive = (
-            self.head.keep_alive
-            and self.response.keep_alive
+            head.keep_alive
+            and response.keep_alive
             and request_done
-            and not self.head.upgrade
-            and self.response.caller_may_continue
+            and not head.upgrade
+            and response.caller_may_continue
         )
         self.caller.exchange_done(self, keep_alive)
 

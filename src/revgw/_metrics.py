@@ -104,9 +104,10 @@ class GatewayStats:
         bytes_in: int,
         bytes_out: int,
     ) -> None:
-        """A request that went through a tunnel connection has ended."""
-        stats = self.tunnel(tunnel)
-        stats.by_status[status] = stats.by_status.get(status, 0) + 1
+        """A request that went through a tunnel connection has ended (once per request)."""
+        stats = self.tunnels.get(tunnel) or self.tunnel(tunnel)
+        by_status = stats.by_status
+        by_status[status] = by_status.get(status, 0) + 1
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
         stats.wait.observe(wait)

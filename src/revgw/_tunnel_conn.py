@@ -26,6 +26,7 @@ from . import _handshake as hs
 from ._address import peer_of
 from ._clock import NEVER
 from ._errors import AccessDenied, GatewayBusy, ProtocolError
+from ._http import ResponseReader
 from ._tokens import access_from_hello
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ class TunnelState(enum.Enum):
     WARM = "warm"
     SPLICED = "spliced"  # handed to a raw splice (an upgrade): no longer ours
     CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 POOLED = (TunnelState.IDLE, TunnelState.WARM)
@@ -70,6 +74,10 @@ class TunnelConnection(asyncio.Protocol):
         self.exchange: Upstream | None = None
         self._reader = hs.LineReader()
         self._challenge = hs.Challenge.new(gateway.settings.heartbeat)
+        self._responses: ResponseReader | None = None  # made when first paired
+        # Every state change is logged at debug level: a line per change is
+        # too dear to even consider, twice per request, unless asked for.
+        self._trace = log.isEnabledFor(logging.DEBUG)
         self.deadline = NEVER  # when the current state has lasted too long
 
     def __repr__(self) -> str:
@@ -78,7 +86,8 @@ class TunnelConnection(asyncio.Protocol):
     # --- the one place the state changes ----------------------------------------
 
     def _move(self, state: TunnelState, timeout: float | None = None) -> None:
-        log.debug("[%s] %s -> %s", self.name, self.state.value, state.value)
+        if self._trace:
+            log.debug("[%s] %s -> %s", self.name, self.state, state)
         old = self.state
         self.state = state
         self.deadline = NEVER if timeout is None else time.monotonic() + timeout
@@ -325,6 +334,12 @@ class TunnelConnection(asyncio.Protocol):
         self.exchange = exchange
         self._move(TunnelState.PAIRED)
         self.transport.write(hs.start_line(caller) + head if fresh else head)
+
+    def response_reader(self) -> ResponseReader:
+        """The reader for responses on this connection: one for all its requests."""
+        if self._responses is None:
+            self._responses = ResponseReader()
+        return self._responses
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
