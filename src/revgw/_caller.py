@@ -8,8 +8,8 @@ for a connection (``Tunnel.acquire``).
 
 ::
 
-    READING --head--> WAITING --connection--> FORWARDING --response ends--> READING
-                         \\--------(one was free)------/                  \\-> CLOSING
+    READING --head, a connection free--> FORWARDING --response ends--> READING
+       \\--head, none free--> WAITING --/                  \\--(or)--> CLOSING
     FORWARDING --101--> UPGRADED (a raw splice owns both transports)
     any --error answered, timeout, EOF--> CLOSING --> CLOSED
 """
@@ -21,6 +21,7 @@ import enum
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import anyio
@@ -35,7 +36,6 @@ from ._http import (
     RequestEvent,
     RequestHead,
     RequestReader,
-    TrustedProxies,
     Upgraded,
     error_response,
     render_request_head,
@@ -81,7 +81,6 @@ class CallerConnection(asyncio.Protocol):
         self.gateway = gateway
         self.state = CallerState.READING
         self.transport: asyncio.Transport | None = None
-        self.peer = "unknown"
         self.exchange: Exchange | None = None
         self._reader = RequestReader(gateway.settings.max_header_bytes)
         self._queue: deque[RequestEvent | HTTPError] = deque()
@@ -91,9 +90,18 @@ class CallerConnection(asyncio.Protocol):
         self._wait_scope: anyio.CancelScope | None = None
         self._caller_eof = False
         self._pumping = False
+        self._peername: object = None  # what the socket says; ``peer`` formats it when asked
+        self._peer: str | None = None
         self._caller_ip = ""
         self._trusted = False
         self._tunnel_name = ""  # the current request's tunnel, for the metrics
+
+    @property
+    def peer(self) -> str:
+        """The caller's ``address:port``, for logs and the START line."""
+        if self._peer is None:
+            self._peer = peer_of(self._peername)
+        return self._peer
 
     # --- the one place the state changes --------------------------------------------
 
@@ -121,10 +129,10 @@ class CallerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
-        self.peer = peer_of(transport.get_extra_info("peername"))
+        peername = self._peername = transport.get_extra_info("peername")
         # Who the caller is does not change between its requests: work it out once.
-        self._caller_ip = self.peer.rpartition(":")[0].strip("[]")
-        self._trusted = self._caller_ip in TrustedProxies.of(self.gateway.settings.trusted_proxies)
+        self._caller_ip = str(peername[0]) if isinstance(peername, tuple) else ""
+        self._trusted = self._caller_ip in self.gateway.trusted_proxies
         refusal = self.gateway.caller_refused()
         self.gateway.callers.add(self)
         if refusal is not None:
@@ -139,7 +147,7 @@ class CallerConnection(asyncio.Protocol):
         if self.state is CallerState.CLOSING:
             return  # lingering after a final answer: the rest is discarded
         try:
-            events: list[RequestEvent | HTTPError] = list(self._reader.feed(data))
+            events: Sequence[RequestEvent | HTTPError] = self._reader.feed(data)
         except HTTPError as exc:
             events = [*self._reader.parsed_before_error, exc]
         if self.exchange is not None and not self._queue:
@@ -164,6 +172,7 @@ class CallerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._move(CallerState.CLOSED)
+        self._reader.close()
         self.gateway.callers.discard(self)
         self.gateway.connection_gone()
         if self._wait_scope is not None:
@@ -182,7 +191,7 @@ class CallerConnection(asyncio.Protocol):
 
     # --- the request queue ----------------------------------------------------------------
 
-    def _forward(self, events: list[RequestEvent | HTTPError]) -> None:
+    def _forward(self, events: Sequence[RequestEvent | HTTPError]) -> None:
         """Hand the current request's body events to its exchange; queue the rest."""
         exchange = self.exchange
         assert exchange is not None
@@ -250,7 +259,6 @@ class CallerConnection(asyncio.Protocol):
     # --- one request -----------------------------------------------------------------------
 
     def _dispatch(self, head: RequestHead, attempt: int) -> None:
-        self._move(CallerState.WAITING)
         started = time.monotonic()
         self._tunnel_name = ""
         try:
@@ -273,6 +281,7 @@ class CallerConnection(asyncio.Protocol):
         elif not tunnel.online:
             self._answer(tunnel.offline_error(), head, started)
         else:
+            self._move(CallerState.WAITING)
             self.gateway.task_group.start_soon(
                 self._wait_for_connection, head, tunnel, attempt, started
             )
@@ -286,7 +295,7 @@ class CallerConnection(asyncio.Protocol):
         is forwarded as it came: the private server may use it too.
         """
         access = tunnel.access
-        address = self.peer.rpartition(":")[0].strip("[]")
+        address = self._caller_ip
         if not access.address_allowed(address):
             raise Forbidden(f"tunnel '{tunnel.name}' does not accept callers from {address}")
         values = [value for name, value in head.headers if name.lower() == b"authorization"]
@@ -334,7 +343,7 @@ class CallerConnection(asyncio.Protocol):
         exchange.start(
             render_request_head(head, self._caller_ip, gateway.public_scheme, self._trusted)
         )
-        if self._queue:
+        if self._queue and not self._pumping:
             self._pump()  # the body that came with the head
 
     # --- called by the exchange --------------------------------------------------------------

@@ -38,6 +38,7 @@ class ExchangeState(enum.Enum):
 
 class Exchange:
     __slots__ = (
+        "_caller_paused",
         "_heard_back",
         "_request_done",
         "_tunnel_paused",
@@ -79,10 +80,16 @@ class Exchange:
         # own flag: the body must keep flowing while the response does.
         self._request_done = False
         self._tunnel_paused = False
+        self._caller_paused = False
         self.body_bytes = 0  # request body passed on so far (--max-body-bytes)
 
     def start(self, rendered_head: bytes) -> None:
-        self.conn.pair(self, rendered_head, self.caller.peer)
+        self.conn.pair(self, rendered_head)
+
+    @property
+    def caller_address(self) -> str:
+        """Who called (``address:port``), for the START line of a fresh connection."""
+        return self.caller.peer
 
     # --- request side, driven by the caller connection -------------------------------
 
@@ -166,6 +173,7 @@ class Exchange:
     # with reading still paused.
 
     def upstream_paused(self, paused: bool) -> None:
+        self._caller_paused = paused
         self.caller.pause_reading("upstream", paused)
 
     def caller_paused(self, paused: bool) -> None:
@@ -206,7 +214,8 @@ class Exchange:
         self.state = ExchangeState.DONE
         if self._tunnel_paused:
             self.caller_paused(False)
-        self.caller.pause_reading("upstream", False)
+        if self._caller_paused:
+            self.upstream_paused(False)
 
     def _finish(self, upgraded: bool = False) -> None:
         request_done = self._request_done

@@ -25,6 +25,7 @@ from ._admin import AdminServer, gateway_routes, start_admin
 from ._caller import CallerConnection
 from ._clock import tick_for
 from ._errors import ConfigError, TooManyConnections
+from ._http import TrustedProxies
 from ._limits import AuthFailures, BurstLog
 from ._metrics import GatewayStats
 from ._pool import Registry
@@ -79,6 +80,8 @@ class Gateway:
         self.admin: AdminServer | None = None
         self.address = ""
         self.tunnel_address = ""
+        # Callers whose X-Forwarded-* headers are believed (--trusted-proxies).
+        self.trusted_proxies = TrustedProxies.of(self.settings.trusted_proxies)
         # What X-Forwarded-Proto tells the private server.
         self.public_scheme = "https" if self.settings.public_tls_cert else "http"
         self._task_group: TaskGroup | None = None

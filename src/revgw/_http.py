@@ -143,6 +143,11 @@ class RequestReader:
         self._plain = False  # the head just parsed can go on as it came (see RequestHead.raw)
         self._connection_lines = False  # ... once its Connection lines are cut out
 
+    def close(self) -> None:
+        """Let go of the parser: it and this reader point at each other, a cycle that
+        only the garbage collector would free (a collection every few dozen callers)."""
+        self._parser = _CLOSED_PARSER
+
     @property
     def between_messages(self) -> bool:
         """True when every request begun so far has ended: no byte of one is pending."""
@@ -334,6 +339,9 @@ def _framing(version: str, lengths: list[bytes], encodings: list[bytes]) -> tupl
     return False, None
 
 
+_CLOSED_PARSER = httptools.HttpRequestParser(object())  # what a closed reader is left with
+
+
 class TrustedProxies:
     """The caller addresses whose X-Forwarded-* headers are believed.
 
@@ -480,8 +488,9 @@ class ResponseReader:
         self._is_head_request = request_method == b"HEAD"
         self._held = b""  # the head so far (and what came with it)
         self._interims = 0  # complete 1xx heads still in _held
-        self._head_len = 0
+        self._final_at = 0  # where the final head starts in _held (after any 1xx)
         self._chunked = False
+        self._stray_sent = False  # bytes after the response's end went to the caller
         self._body_in_feed = 0
         self._garbage_in_feed = False
         self.state = ResponseState.HEAD
@@ -503,7 +512,7 @@ class ResponseReader:
     @property
     def caller_may_continue(self) -> bool:
         """False when stray bytes may have reached the caller after the response."""
-        return not (self.trailing_garbage and self._chunked)
+        return not self._stray_sent
 
     def feed(self, data: bytes) -> bytes:
         state = self.state
@@ -540,13 +549,20 @@ class ResponseReader:
                     )
                 return out
             data, self._held = self._held, b""
-            head_len = self._head_len
+            head_len = data.index(b"\r\n\r\n", self._final_at) + 4
             if head_len > self._max_head:
                 raise BadUpstreamResponse(
                     f"the private server's response head is over {self._max_head} bytes"
                 )
-        if self._garbage_in_feed and self.state is ResponseState.DONE and not self._chunked:
-            data = data[: head_len + self._body_in_feed]
+            if self.state is ResponseState.BODY or self._garbage_in_feed:
+                # Framing matters only for a body still to come or bytes after
+                # the end; a response done in one read (the common case) skips it.
+                self._read_framing(data[self._final_at : head_len].lower())
+        if self._garbage_in_feed and self.state is ResponseState.DONE:
+            if self._chunked:
+                self._stray_sent = True  # its raw length is unknown: cannot cut exactly
+            else:
+                data = data[: head_len + self._body_in_feed]
         if head_len and self._close_caller:
             start = _head_end(data, self._interims) if self._interims else 0
             data = data[:start] + _saying_close(data[start:head_len]) + data[head_len:]
@@ -592,18 +608,15 @@ class ResponseReader:
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        held = self._held
-        start = _head_end(held, self._interims) if self._interims else 0
-        end = held.index(b"\r\n\r\n", start)
-        self._head_len = end + 4  # where the final head ends in _held
-        if self._is_head_request:
-            self.state = ResponseState.DONE
-            return
-        self.state = ResponseState.BODY
-        head = held[start:end].lower()
-        self._chunked = _CHUNKED.search(head) is not None
-        framed = b"\r\ncontent-length:" in head or b"\r\ntransfer-encoding:" in head
-        self.close_delimited = not framed and status not in (204, 304)
+        self._final_at = _head_end(self._held, self._interims) if self._interims else 0
+        self.state = ResponseState.DONE if self._is_head_request else ResponseState.BODY
+
+    def _read_framing(self, head: bytes) -> None:
+        """How the body is framed, from the final head (lowercased, without its last CRLF)."""
+        coded = b"\r\ntransfer-encoding:" in head
+        self._chunked = coded and _CHUNKED.search(head) is not None
+        framed = coded or b"\r\ncontent-length:" in head
+        self.close_delimited = not framed and self.status not in (204, 304)
 
     def on_body(self, body: bytes) -> None:
         if self.state is ResponseState.DONE:

@@ -251,18 +251,19 @@ class Registry(Generic[C]):
 
     def route(self, host: str) -> Tunnel[C]:
         """The tunnel for a request's Host; raise NoTunnel if none and no default."""
-        name = self._host_owner.get(host) or self._wildcard_owner(host) or self._default
+        name = self._host_owner.get(host)
+        if name is None and self._wildcards:  # (no wildcard claimed, nothing to search)
+            name = self._wildcard_owner(host)
+        name = name or self._default
         if not name:
             raise NoTunnel(
                 f"no tunnel serves host '{host}'. A client claims a host with "
                 f"revgw client --tunnel NAME --host {host or 'HOSTNAME'}"
             )
-        return self.tunnel(name)
+        return self.tunnels.get(name) or self.tunnel(name)
 
     def _wildcard_owner(self, host: str) -> str | None:
         """The tunnel claiming the most specific ``*.`` wildcard above ``host``, if any."""
-        if not self._wildcards:  # the common case: no wildcard claimed, nothing to search
-            return None
         labels = host.split(".")
         for start in range(1, len(labels)):
             owner = self._host_owner.get("*." + ".".join(labels[start:]))

@@ -59,6 +59,8 @@ class Upstream(Protocol):
     def upstream_eof(self) -> None: ...
     def upstream_lost(self) -> None: ...
     def upstream_paused(self, paused: bool) -> None: ...
+    @property
+    def caller_address(self) -> str: ...
 
 
 class TunnelConnection(asyncio.Protocol):
@@ -327,13 +329,13 @@ class TunnelConnection(asyncio.Protocol):
         transport = self.transport
         return self.state in POOLED and transport is not None and not transport.is_closing()
 
-    def pair(self, exchange: Upstream, head: bytes, caller: str) -> None:
+    def pair(self, exchange: Upstream, head: bytes) -> None:
         """Carry one request: ``START`` first if the client has not spliced yet."""
         assert self.transport is not None and self.state in POOLED
         fresh = self.state is TunnelState.IDLE
         self.exchange = exchange
         self._move(TunnelState.PAIRED)
-        self.transport.write(hs.start_line(caller) + head if fresh else head)
+        self.transport.write(hs.start_line(exchange.caller_address) + head if fresh else head)
 
     def response_reader(self) -> ResponseReader:
         """The reader for responses on this connection: one for all its requests."""
