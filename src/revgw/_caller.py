@@ -95,6 +95,7 @@ class CallerConnection(asyncio.Protocol):
         self._caller_ip = ""
         self._trusted = False
         self._tunnel_name = ""  # the current request's tunnel, for the metrics
+        self._log_requests = access_log.isEnabledFor(logging.INFO)  # set once, at start-up
 
     @property
     def peer(self) -> str:
@@ -495,7 +496,7 @@ class CallerConnection(asyncio.Protocol):
             )
         else:
             self.gateway.stats.answered(self._tunnel_name, status)
-        if not access_log.isEnabledFor(logging.INFO):
+        if not self._log_requests:
             return
         elapsed = (time.monotonic() - started) * 1000 if started is not None else 0.0
         via = f"[{exchange.conn.name}] " if exchange is not None else ""
