@@ -13,8 +13,10 @@ import asyncio
 import enum
 import logging
 import random
+import re
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -27,7 +29,8 @@ from anyio.abc import TaskGroup
 from . import _handshake as hs
 from ._address import Address, parse_address
 from ._admin import AdminServer, client_routes, start_admin
-from ._errors import AccessDenied, ProtocolError, UpstreamUnreachable
+from ._clock import NEVER
+from ._errors import AccessDenied, GatewayBusy, ProtocolError, UpstreamUnreachable
 from ._http import error_response
 from ._proxy_protocol import proxy_header
 from ._settings import ClientSettings
@@ -38,6 +41,14 @@ from ._util import unwrap_group
 
 log = logging.getLogger("revgw.client")
 
+# While the gateway keeps answering BUSY, the warning is said again at most this often
+# (seconds); every retry in between is logged at debug level only.
+BUSY_REPEAT = 300.0
+# Most tunnel connections being dialled at once per gateway (_dial_many).
+DIAL_AT_ONCE = 256
+# Seconds between two sweeps for idle connections whose gateway went silent (_watch).
+WATCH_EVERY = 1.0
+
 
 class LinkState(enum.Enum):
     HANDSHAKE = "handshake"
@@ -47,31 +58,66 @@ class LinkState(enum.Enum):
 
 
 class TunnelLink(asyncio.Protocol):
-    """One pooled connection, client side: handshake, idle, then a splice."""
+    """One pooled connection, client side: handshake, idle, then a splice.
+
+    A pool holds thousands of these for hours, so a link has slots, and lets go
+    at READY of what only the handshake needs: the CHALLENGE, the AUTH line it
+    answered with, and the future ``Keeper._dial`` waited on.
+    """
+
+    __slots__ = (
+        "_challenge",
+        "_hello",
+        "_pending",
+        "_reader",
+        "_silence",
+        "deadline",
+        "keeper",
+        "number",
+        "ready",
+        "silent",
+        "state",
+        "transport",
+    )
 
     def __init__(self, keeper: Keeper, number: int) -> None:
         self.keeper = keeper
-        self.name = f"{keeper.settings.tunnel}#{number}"
+        self.number = number
         self.state = LinkState.HANDSHAKE
         self.transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Set (or failed) when the handshake ends; None once READY has been taken in.
+        self.ready: asyncio.Future[None] | None = asyncio.get_running_loop().create_future()
+        self.silent = True  # nothing received yet
         self._reader = hs.LineReader()
         self._challenge: hs.Challenge | None = None
         self._hello: hs.Hello | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._silence = 0.0  # seconds without a PING before re-dialling (from the CHALLENGE)
+        self.deadline = NEVER  # while idle: re-dial if no PING came by then (Keeper._watch)
         self._pending = b""
-        self.silent = True  # nothing received yet
+
+    @property
+    def name(self) -> str:
+        """``tunnel#N`` for the logs (made when needed: most links never log a line)."""
+        return f"{self.keeper.settings.tunnel}#{self.number}"
 
     def _move(self, state: LinkState) -> None:
         """The one place a link changes state."""
-        log.debug("[%s] %s -> %s", self.name, self.state.value, state.value)
+        if log.isEnabledFor(logging.DEBUG):  # (the name is made only to be logged)
+            log.debug("[%s] %s -> %s", self.name, self.state.value, state.value)
         self.state = state
-        if state is not LinkState.IDLE and self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         if state in (LinkState.PAIRED, LinkState.CLOSED):
             self.keeper.lost_idle(self)
         self.keeper.idle_changed()
+
+    def _settle(self, exc: BaseException | None) -> None:
+        """End the wait for the handshake's outcome (once): READY, or why it failed."""
+        ready, self.ready = self.ready, None
+        if ready is None or ready.done():
+            return
+        if exc is None:
+            ready.set_result(None)
+        else:
+            ready.set_exception(exc)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -103,7 +149,8 @@ class TunnelLink(asyncio.Protocol):
             self._fail(exc)
 
     def _handshake(self, line: bytes) -> None:
-        settings = self.keeper.settings
+        keeper = self.keeper
+        settings = keeper.settings
         assert self.transport is not None and settings.token
         if self._challenge is None:
             self._challenge = hs.parse_challenge(line)
@@ -124,12 +171,13 @@ class TunnelLink(asyncio.Protocol):
             return
         assert self._hello is not None
         port = hs.check_verdict(settings.token, self._challenge, self._hello, line)
+        self._silence = 3 * self._challenge.heartbeat + 1
+        self._challenge = self._hello = None  # the handshake is over: keep none of it
         if settings.tcp is not None:
-            self.keeper.tcp_public(port)
+            keeper.tcp_public(port)
         self._move(LinkState.IDLE)
         self._arm_watchdog()
-        if not self.ready.done():
-            self.ready.set_result(None)
+        self._settle(None)
 
     def _idle(self, line: bytes) -> None:
         assert self.transport is not None
@@ -153,15 +201,15 @@ class TunnelLink(asyncio.Protocol):
 
     def _arm_watchdog(self) -> None:
         """Re-dial if the gateway goes quiet: a vanished host sends no FIN."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        assert self._challenge is not None
-        silence = 3 * self._challenge.heartbeat + 1
-        self._watchdog = asyncio.get_running_loop().call_later(silence, self._silent, silence)
+        self.deadline = time.monotonic() + self._silence
 
-    def _silent(self, silence: float) -> None:
-        log.warning("[%s] no PING from the gateway for %g s; re-dialling", self.name, silence)
-        self.close()
+    def check_silence(self, now: float) -> None:
+        """Called by the keeper's sweep: hang up an idle link whose gateway stopped PINGing."""
+        if self.state is LinkState.IDLE and now >= self.deadline:
+            log.warning(
+                "[%s] no PING from the gateway for %g s; re-dialling", self.name, self._silence
+            )
+            self.close()
 
     async def _connect_target(self, caller: str, splice: Splice, public: str = "") -> None:
         settings = self.keeper.settings
@@ -210,8 +258,8 @@ class TunnelLink(asyncio.Protocol):
         self.transport.resume_reading()  # paused since START: EOF must get through
 
     def _fail(self, exc: Exception) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(exc)
+        if self.ready is not None and not self.ready.done():
+            self._settle(exc)
         else:
             log.warning("[%s] %s; closing", self.name, exc)
         self.close()
@@ -226,8 +274,8 @@ class TunnelLink(asyncio.Protocol):
             self.transport.close()
 
     def eof_received(self) -> bool:
-        if self.state is LinkState.HANDSHAKE and not self.ready.done():
-            self.ready.set_exception(
+        if self.state is LinkState.HANDSHAKE:
+            self._settle(
                 ProtocolError(
                     "the gateway closed the connection during the handshake "
                     "(is this its tunnel port? does it speak TLS, needing --tls? is it overloaded?)"
@@ -236,8 +284,7 @@ class TunnelLink(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(exc or ConnectionResetError("connection closed"))
+        self._settle(exc or ConnectionResetError("connection closed"))
         if self.state is not LinkState.CLOSED:
             self._move(LinkState.CLOSED)
 
@@ -377,21 +424,54 @@ class Keeper:
         """Fill the pool for ever (until ``drain``); return only by raising AccessDenied."""
         with anyio.CancelScope() as self._scope:
             if not self._stopped:
+                self.task_group.start_soon(self._watch)
                 await self._fill()
 
+    async def _watch(self) -> None:
+        """Every WATCH_EVERY s, hang up the idle links whose gateway stopped PINGing.
+
+        One sweep for the whole pool instead of a timer per link re-made at each
+        PING: that cost every idle connection a handle, a context and a bound
+        method (and a libuv timer under uvloop), and 10 000 connections 2 000
+        timer re-arms a second. A silent gateway is left within WATCH_EVERY s of
+        3 heartbeats + 1 s.
+        """
+        while not self._stopped:
+            await anyio.sleep(WATCH_EVERY)
+            now = time.monotonic()
+            for link in list(self.links):
+                link.check_silence(now)
+
     async def _fill(self) -> None:
-        failures = 0
+        """Dial what the pool lacks; after a failure, probe with one dial and grow from there.
+
+        A failed round (refused, BUSY, timed out) is followed by a backoff and
+        then by one dial, and each round that succeeds doubles the next one, until
+        a round dials the whole shortfall and makes it. Re-dialling the whole
+        shortfall on every retry would cost a gateway that is down, overloaded or
+        capping this client (BUSY) thousands of handshakes and log lines per retry.
+        """
+        pool = self.settings.pool
+        failures = 0  # failed rounds since the pool was last whole: the backoff grows with them
+        batch = pool  # most dials in the next round
+        busy = _BusyNotice()
         while True:
-            missing = self.settings.pool - len(self.links)
+            missing = pool - len(self.links)
             if missing <= 0:
                 await self._changed.wait()
                 self._changed = anyio.Event()
                 continue
-            errors = await self._dial_many(missing)
+            count = min(missing, batch)
+            errors = await self._dial_many(count)
             denied = [e for e in errors if isinstance(e, AccessDenied)]
             if denied:
                 raise denied[0]
             if not errors:
+                self.backoff = 0.0
+                self._gateway_draining = False
+                if count < missing:  # a probe that worked: more at once, without waiting
+                    batch = min(pool, 2 * batch)
+                    continue
                 if failures or not self._dialled_once:
                     log.info(
                         "connected to gateway %s: tunnel '%s', %d idle connections",
@@ -400,16 +480,21 @@ class Keeper:
                         self.idle_count,
                     )
                 failures = 0
-                self.backoff = 0.0
+                batch = pool
+                busy = _BusyNotice()
                 self._dialled_once = True
-                self._gateway_draining = False
                 continue
             failures += 1
+            batch = 1
             delay = min(self.settings.max_backoff, 0.1 * 2**failures)
             delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: clients spread out
-            log.warning(
-                "gateway %s: %s; retrying in %.1f s", self.label, _describe(errors[0]), delay
-            )
+            if all(isinstance(e, GatewayBusy) for e in errors):
+                busy.refused(self, errors[0], len(errors), delay)
+            else:
+                busy = _BusyNotice()  # the next BUSY is news again
+                log.warning(
+                    "gateway %s: %s; retrying in %.1f s", self.label, _describe(errors[0]), delay
+                )
             self.backoff = delay
             await anyio.sleep(delay)
 
@@ -419,24 +504,39 @@ class Keeper:
         return self._count
 
     async def _dial_many(self, count: int) -> list[Exception]:
-        errors: list[Exception] = []
+        """Dial ``count`` connections, DIAL_AT_ONCE at most at a time; stop at the first failure.
 
-        async def dial_one() -> None:
-            try:
-                await self._dial()
-            except (OSError, ProtocolError, AccessDenied, TimeoutError) as exc:
-                self.dial_failures += 1
-                errors.append(exc)
+        Dialling a pool of 10 000 all at once made 10 000 tasks, timers and frames
+        live at the same moment: memory the allocator keeps after they end,
+        scattered among the connections that stay (about 7 KiB per pooled
+        connection of a pool of 10 000). A failure ends the round once the dials under way are done,
+        so a gateway that refuses or caps this client sees DIAL_AT_ONCE attempts
+        at most, not ``count``.
+        """
+        errors: list[Exception] = []
+        left = count
+
+        async def dialler() -> None:
+            nonlocal left
+            while left > 0 and not errors:
+                left -= 1
+                try:
+                    await self._dial()
+                except (OSError, ProtocolError, AccessDenied, TimeoutError) as exc:
+                    self.dial_failures += 1
+                    errors.append(exc)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(count):
-                tg.start_soon(dial_one)
+            for _ in range(min(count, DIAL_AT_ONCE)):
+                tg.start_soon(dialler)
         return errors
 
     async def _dial(self) -> None:
         self._count += 1
         loop = asyncio.get_running_loop()
         link = TunnelLink(self, self._count)
+        ready = link.ready
+        assert ready is not None
         trust = self.trust
         tls: dict[str, Any] = {}
         if trust is not None:
@@ -449,7 +549,7 @@ class Keeper:
             with anyio.fail_after(self.settings.dial_timeout):
                 await loop.create_connection(lambda: link, self.dial.host, self.dial.port, **tls)
                 self.links.add(link)
-                await link.ready
+                await ready
         except ssl.SSLError as exc:
             self.links.discard(link)
             link.close()
@@ -468,6 +568,50 @@ class Keeper:
             link.close()
             raise
         log.debug("[%s] ready at %s", link.name, self.label)
+
+
+class _BusyNotice:
+    """Says once that the gateway turns connections away (BUSY), then rarely: no flood.
+
+    BUSY for a per-client or per-tunnel limit lasts as long as the limit or the
+    pool does not change, and the client retries it with backoff for ever; a
+    line per retry would say nothing new. A different answer (other than in its
+    numbers) is said at once.
+    """
+
+    def __init__(self) -> None:
+        self.reason = ""  # the last answer said, numbers left out
+        self.said_at = 0.0
+        self.unsaid = 0  # refused attempts since the last line
+
+    def refused(self, keeper: Keeper, error: Exception, attempts: int, delay: float) -> None:
+        reason = re.sub(r"[0-9]+", "N", str(error))
+        now = time.monotonic()
+        self.unsaid += attempts
+        held = f"holding the pool at {len(keeper.links)} of {keeper.settings.pool} connections"
+        if reason != self.reason:
+            log.warning(
+                "gateway %s: %s; %s, retrying in %.1f s, then up to every %g s"
+                " (said again at most every %g s while it lasts)",
+                keeper.label,
+                error,
+                held,
+                delay,
+                keeper.settings.max_backoff,
+                BUSY_REPEAT,
+            )
+        elif now - self.said_at >= BUSY_REPEAT:
+            log.warning(
+                "gateway %s: still busy, %d attempts refused since it was last said: %s; %s",
+                keeper.label,
+                self.unsaid,
+                error,
+                held,
+            )
+        else:
+            log.debug("gateway %s: %s; retrying in %.1f s", keeper.label, error, delay)
+            return
+        self.reason, self.said_at, self.unsaid = reason, now, 0
 
 
 def _describe(exc: Exception) -> str:

@@ -75,6 +75,8 @@ class Gateway:
             self.settings.max_auth_failures, self.settings.auth_failure_window
         )
         self._refused_callers = BurstLog()
+        self._refused_handshakes = BurstLog()  # BUSY/DENIED answers on the tunnel port
+        self._latest_refusal = ""
         self.tcp = TcpPorts(self)  # raw TCP tunnels' public ports (_tcp.py)
         self.stats = GatewayStats()  # counters the admin listener reports (_metrics.py)
         self.admin: AdminServer | None = None
@@ -241,6 +243,7 @@ class Gateway:
                 caller.check_deadlines(now)
             self.tcp.check_deadlines(now)
             self._log_refused(self._refused_callers.flush(now))
+            self._log_refused_handshakes(self._refused_handshakes.flush(now))
 
     def caller_refused(self) -> TooManyConnections | None:
         """A TooManyConnections to answer if a new public connection is one too many.
@@ -261,6 +264,26 @@ class Gateway:
                 "public port: refused %d connection(s): --max-callers %d reached",
                 count,
                 self.settings.max_callers,
+            )
+
+    def handshake_refused(self, message: str) -> None:
+        """Log a refused handshake: the first of a burst in full, the rest once a second.
+
+        A pool bigger than ``--max-conns-per-client`` allows, or a client with a
+        wrong token, is refused again at every retry; a line each was a flood.
+        """
+        self._latest_refusal = message
+        self._log_refused_handshakes(self._refused_handshakes.note(time.monotonic()))
+
+    def _log_refused_handshakes(self, count: int) -> None:
+        if count == 1:
+            log.warning("tunnel port: %s", self._latest_refusal)
+        elif count:
+            log.warning(
+                "tunnel port: %d more handshake(s) refused in the last %g s; the latest: %s",
+                count,
+                self._refused_handshakes.interval,
+                self._latest_refusal,
             )
 
     def _new_tunnel_conn(self) -> TunnelConnection:

@@ -276,14 +276,9 @@ class TunnelConnection(asyncio.Protocol):
             )
 
     def _refuse(self, result: str, what: str, line: bytes, hello: hs.Hello, exc: Exception) -> None:
-        """Answer a handshake with ``line`` (BUSY or DENIED): one log line, counted, closed."""
-        log.warning(
-            "tunnel port: %s %s (client %s, tunnel '%s'): %s",
-            what,
-            self.peer,
-            hello.client,
-            hello.tunnel,
-            exc,
+        """Answer a handshake with ``line`` (BUSY or DENIED): logged, counted, closed."""
+        self.gateway.handshake_refused(
+            f"{what} {self.peer} (client {hello.client}, tunnel '{hello.tunnel}'): {exc}"
         )
         self.gateway.stats.handshakes[result] += 1
         assert self.transport is not None
