@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--smoke] [--rounds N] [--duration S] [--out DIR]``."""
+"""``python -m benchmarks [--smoke] [--only idle] [--rounds N] [--duration S] [--out DIR]``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--smoke",
         action="store_true",
         help="a few seconds in total: tiny sizes, 1 round, no install, no PASS/FAIL",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["idle"],
+        help="idle: only the idle-pool memory phase (writes idle.md / idle.json, "
+        "smoke: smoke-idle.*)",
     )
     parser.add_argument("--rounds", type=int, help="direct+tunnel rounds (default 3; smoke 1)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10; smoke 1)")
@@ -64,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "server": args.server,
         "load": args.load,
         "install": not args.no_install,
+        "only": args.only,
         "rounds": args.rounds or (1 if args.smoke else 3),
         "duration": args.duration or (1.0 if args.smoke else 10.0),
     }
@@ -81,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report.markdown(result, figures)
     config.out.mkdir(parents=True, exist_ok=True)
     stem = "smoke" if config.smoke else "latest"
+    if config.only:  # a partial run never overwrites a whole one
+        stem = f"smoke-{config.only}" if config.smoke else config.only
     (config.out / f"{stem}.md").write_text(text)
     (config.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(text)

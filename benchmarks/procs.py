@@ -7,6 +7,7 @@ is daemonised, so nothing outlives the run.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -16,8 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+from revgw import GatewaySettings
 
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -46,17 +49,21 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, every: floa
 
 
 def _tcp_sockets(port: int, state: str) -> int:
-    """Sockets whose *local* port is ``port`` in TCP ``state`` (01 established, 0A listen)."""
+    """Sockets whose *local* port is ``port`` in TCP ``state`` (01 established, 0A listen).
+
+    Counted once per (local, remote) address pair: a table that changes while it
+    is read (20 000 lines take many reads) can show a line twice.
+    """
     wanted = f":{port:04X}"
-    count = 0
+    seen: set[tuple[str, str]] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with suppress(FileNotFoundError), open(table, encoding="ascii") as lines:
             next(lines)
             for line in lines:
                 fields = line.split(None, 4)
                 if fields[1].endswith(wanted) and fields[3] == state:
-                    count += 1
-    return count
+                    seen.add((fields[1], fields[2]))
+    return len(seen)
 
 
 def established(port: int) -> int:
@@ -231,6 +238,41 @@ def revgw_argv(role: str) -> list[str]:
     return [sys.executable, "-m", "revgw", role]
 
 
+def _gateway_default(name: str) -> int:
+    value = next(f.default for f in fields(GatewaySettings) if f.name == name)
+    assert isinstance(value, int)
+    return value
+
+
+def pool_limits(pool: int) -> list[str]:
+    """Gateway flags under which one client may hold ``pool`` pooled connections.
+
+    The defaults (``--max-conns-per-client`` 1024, ``--max-conns-per-tunnel`` 4096)
+    guard a public gateway against one greedy client; a user who wants a bigger
+    pool raises them, and so does the benchmark. Never below the defaults: a
+    client under load holds its busy connections on top of its idle ones.
+    """
+    per_client = max(pool, _gateway_default("max_conns_per_client"))
+    per_tunnel = max(pool, _gateway_default("max_conns_per_tunnel"))
+    return ["--max-conns-per-client", str(per_client), "--max-conns-per-tunnel", str(per_tunnel)]
+
+
+def pool_live(admin_port: int) -> int:
+    """Authenticated connections in the gateway's pools (its ``/api/tunnels``); -1 if unknown.
+
+    Established TCP connections are not enough: a connection the gateway turned
+    away with BUSY is established until it closes. Nor is ``idle``: one waiting
+    for its PONG is not idle for that moment, yet still held.
+    """
+    status, body = http_get(admin_port, "/api/tunnels")
+    if status != 200:
+        return -1
+    try:
+        return sum(int(t["pool"]["live"]) for t in json.loads(body)["tunnels"])
+    except (ValueError, KeyError, TypeError):
+        return -1
+
+
 @dataclass
 class Tunnel:
     """A gateway and a client on fresh ports, the client's pool full."""
@@ -239,7 +281,8 @@ class Tunnel:
     client: Proc
     port: int  # public: callers connect here
     tunnel_port: int
-    fill_seconds: float  # from starting the client to its whole pool being established
+    admin_port: int  # the gateway's admin listener: /api/tunnels counts its pool
+    fill_seconds: float  # from starting the client to its whole pool authenticated at the gateway
 
     @property
     def procs(self) -> tuple[Proc, Proc]:
@@ -255,6 +298,9 @@ class Tunnel:
     def cpu_seconds(self) -> dict[str, float]:
         return {p.name: p.cpu_seconds() for p in self.procs}
 
+    def pool_live(self) -> int:
+        return pool_live(self.admin_port)
+
 
 @contextmanager
 def tunnel(
@@ -267,8 +313,13 @@ def tunnel(
     fill_timeout: float = 30.0,
     tag: str = "",
 ) -> Iterator[Tunnel]:
-    """Start ``revgw gateway`` and ``revgw client --pool N``; stop both on exit."""
-    port, tunnel_port = free_port(), free_port()
+    """Start ``revgw gateway`` and ``revgw client --pool N``; stop both on exit.
+
+    The gateway gets limits that fit the pool (``pool_limits``) and its admin
+    listener on a free port (the default 9002 may be taken by another gateway).
+    Yields once the gateway reports the whole pool authenticated.
+    """
+    port, tunnel_port, admin_port = free_port(), free_port(), free_port()
     procs: list[Proc] = []
     try:
         gateway = start(
@@ -276,6 +327,8 @@ def tunnel(
             [
                 *revgw_argv("gateway"),
                 *("--listen", f"{HOST}:{port}", "--tunnel-listen", f"{HOST}:{tunnel_port}"),
+                *("--admin", f"{HOST}:{admin_port}"),
+                *pool_limits(pool),
                 *("--token", token, "--log-level", "warning"),
             ],
             workdir,
@@ -305,13 +358,14 @@ def tunnel(
         def pool_full() -> bool:
             gateway.check_alive()
             client.check_alive()
-            return established(tunnel_port) >= pool
+            # The cheap count first; the gateway is asked only once it can be true.
+            return established(tunnel_port) >= pool and pool_live(admin_port) >= pool
 
         every = 0.02 if pool <= 100 else 0.25
-        fill = wait_until(f"{pool} pooled connections", pool_full, fill_timeout, every)
-        # Established is one round trip before authenticated: give the handshakes a moment.
-        time.sleep(0.3)
-        yield Tunnel(gateway, client, port, tunnel_port, fill)
+        fill = wait_until(
+            f"{pool} authenticated pooled connections", pool_full, fill_timeout, every
+        )
+        yield Tunnel(gateway, client, port, tunnel_port, admin_port, fill)
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -118,11 +118,16 @@ def at_most(limit: float) -> Check:
 
 
 def figures(result: dict[str, Any]) -> list[Figure]:
-    setup = result["setup"]
+    f = _Figures(result)
+    if f.rounds:  # none with --only idle: no figure is made of no data
+        _round_figures(f, result["setup"])
+    _idle_figures(f, result)
+    return f.out
+
+
+def _round_figures(f: _Figures, setup: dict[str, Any]) -> None:
     wrk = setup["load_tool"] == "wrk"  # rates and latencies are only judged with wrk...
     nginx = setup["server_kind"] == "nginx"  # ...and ratios only against nginx
-    f = _Figures(result)
-
     ka, fresh = setup["keepalive_connections"], setup["fresh_connections"]
     f.compare(
         f"keep-alive req/s ({ka} conns)",
@@ -202,6 +207,9 @@ def figures(result: dict[str, Any]) -> list[Figure]:
                 f"CPU s per 10 000 {label} requests, {role}", "s", values, _median(values)
             )
 
+
+def _idle_figures(f: _Figures, result: dict[str, Any]) -> None:
+    setup = result["setup"]
     idle = result.get("idle_pool", {})
     for size in setup["idle_pools"]:
         per_conn = _get(idle.get(str(size)), "kib_per_connection", "total")
@@ -224,7 +232,6 @@ def figures(result: dict[str, Any]) -> list[Figure]:
         target="held without error",
         check=lambda g: g.tunnel == 1.0,
     )
-    return f.out
 
 
 ROLES = ("gateway", "client")
@@ -270,6 +277,9 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
     judged = result["mode"] == "full"
     title = "revgw benchmark" + ("" if judged else " (smoke run: tiny sizes, not judged)")
     memory = f", {m['memory_mib'] / 1024:.0f} GiB RAM" if m.get("memory_mib") else ""
+    reproduce = "`make bench` (or `.venv/bin/python -m benchmarks`)"
+    if s.get("only"):
+        reproduce = f"`.venv/bin/python -m benchmarks --only {s['only']}`"
     lines = [
         f"### {title}: {result['date']}",
         "",
@@ -277,10 +287,13 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
         f"Python {m['python']}, event loop {m['loop']}, revgw {m['revgw_commit']}; "
         f"load average {m['load_average_1min_at_start']:.2f} at start",
         f"- private server: {s['server']} on loopback; load: {s['load']}",
-        f"- {s['rounds']} round{'s' if s['rounds'] > 1 else ''}, each direct then tunnel; "
-        f"{s['duration_s']:g} s per load run; figures are medians of the rounds unless marked",
-        f"- reproduce: `make bench` (or `.venv/bin/python -m benchmarks`); "
-        f"this run took {result['elapsed_s'] / 60:.1f} min",
+        (
+            f"- {s['rounds']} round{'s' if s['rounds'] > 1 else ''}, each direct then tunnel; "
+            f"{s['duration_s']:g} s per load run; figures are medians of the rounds unless marked"
+            if s["rounds"]
+            else "- idle pools only (`--only idle`): no request rounds"
+        ),
+        f"- reproduce: {reproduce}; this run took {result['elapsed_s'] / 60:.1f} min",
         "",
         "| figure | direct | tunnel | tunnel / direct | target | |",
         "|---|---:|---:|---:|---|---|",
@@ -295,7 +308,9 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
         lines.append(
             f"| {f.label} | {direct} | {tunnel} | {ratio} | {f.target} | {_verdict(f, judged)} |"
         )
-    lines += ["", *_rounds_table(result), "", *_idle_table(result)]
+    if result["rounds"]:
+        lines += ["", *_rounds_table(result)]
+    lines += ["", *_idle_table(result)]
     if result["notes"]:
         lines += ["", "Notes:", *(f"- {note}" for note in result["notes"])]
     if result["errors"]:
@@ -358,7 +373,9 @@ def _idle_table(result: dict[str, Any]) -> list[str]:
             f"| {e['rss_kib']['client'] / 1024:.1f} MiB "
             f"| {per['gateway']:.1f} / {per['client']:.1f} / {per['total']:.1f} "
             f"| {'yes' if e['held'] else 'no'} ({e['established_min']:,}-"
-            f"{e['established_max']:,} established over {e['hold_s']:g} s) | {e['log_lines']} |"
+            f"{e['established_max']:,} established, {e['live_min']:,}-"
+            f"{e['live_max']:,} authenticated over {e['hold_s']:g} s) "
+            f"| {e['log_lines']} |"
         )
     lines += [
         "",

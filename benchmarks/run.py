@@ -39,6 +39,7 @@ class Config:
     server: str  # auto, nginx or revgw
     load: str  # auto, wrk or python
     install: bool  # may run apt-get for missing nginx/wrk
+    only: str | None = None  # "idle": the idle pools alone, no request rounds
     keepalive_connections: int = 64
     fresh_connections: int = 16
     burst: int = 1000
@@ -234,10 +235,12 @@ class Runner:
         with self.tunnel(size, tag=f"-idle{size}", fill_timeout=config.idle_fill_timeout) as pair:
             filled_rss = pair.rss_kib()
             counts: list[int] = []
+            live: list[int] = []  # authenticated, as the gateway counts them
             end = time.monotonic() + config.idle_hold
             while True:
                 pair.check_alive()
                 counts.append(procs.established(pair.tunnel_port))
+                live.append(pair.pool_live())
                 if time.monotonic() >= end:
                     break
                 time.sleep(min(1.0, config.idle_hold))
@@ -258,7 +261,9 @@ class Runner:
             "hold_s": config.idle_hold,
             "established_min": min(counts),
             "established_max": max(counts),
-            "held": min(counts) >= size,
+            "live_min": min(live),
+            "live_max": max(live),
+            "held": min(counts) >= size and min(live) >= size,
             "log_lines": len(log),
             "log": log[-20:],
         }
@@ -269,14 +274,20 @@ def run(config: Config) -> dict[str, Any]:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     fd_limit = procs.raise_fd_limit()
+    idle_only = config.only == "idle"
     with tempfile.TemporaryDirectory(prefix="revgw-bench-") as tmp:
         runner = Runner(config, Path(tmp))
-        nginx, runner.wrk = runner.tools()
+        nginx = None
+        if idle_only:
+            # An idle pool never dials its target: the demo server is enough, no tools needed.
+            runner.say("--only idle: the idle pools alone, no request rounds")
+        else:
+            nginx, runner.wrk = runner.tools()
         if fd_limit < max(config.idle_pools) + 1000:  # per process: gateway and client
             runner.say(f"the open-file limit is {fd_limit}: the largest idle pool may not fit")
         server = runner.start_server(nginx)
         try:
-            rounds = [runner.round(n) for n in range(1, config.rounds + 1)]
+            rounds = [] if idle_only else [runner.round(n) for n in range(1, config.rounds + 1)]
             idle = runner.idle_pools()
             server.check_alive()
         finally:
@@ -287,10 +298,17 @@ def run(config: Config) -> dict[str, Any]:
         "machine": {**env.machine(config.loop), "load_average_1min_at_start": load_before},
         "setup": {
             "server": server_description(runner.server_kind, nginx),
-            "load": wrk_version(runner.wrk) if runner.wrk else "a Python asyncio loop (not wrk)",
+            "load": (
+                "none (idle pools only)"
+                if idle_only
+                else wrk_version(runner.wrk)
+                if runner.wrk
+                else "a Python asyncio loop (not wrk)"
+            ),
             "load_tool": "wrk" if runner.wrk else "python",
             "server_kind": runner.server_kind,
-            "rounds": config.rounds,
+            "rounds": len(rounds),
+            "only": config.only,
             "duration_s": config.duration,
             "keepalive_connections": config.keepalive_connections,
             "fresh_connections": config.fresh_connections,
