@@ -21,6 +21,7 @@ from revgw._http import (
     RequestReader,
     ResponseReader,
     TrustedProxies,
+    check_headers,
     render_request_head,
 )
 from revgw._settings import GatewaySettings
@@ -187,13 +188,22 @@ def test_own_checks_hold_even_with_a_lenient_parser(data: bytes, says: str) -> N
         (b"X-A", b"b\r\nX-Evil: 1", "CR, LF or NUL"),
         (b"X-A", b"b\nc", "CR, LF or NUL"),
         (b"X-A", b"b\rc", "CR, LF or NUL"),
+        (b"X-A", b"b\x00c", "CR, LF or NUL"),
+        (b"X:A", b"b", "invalid header name"),
+        (b"", b"b", "invalid header name"),
     ],
 )
-def test_header_callback_refuses_what_a_strict_parser_never_passes(
+def test_header_check_refuses_what_a_strict_parser_never_passes(
     name: bytes, value: bytes, says: str
 ) -> None:
-    with pytest.raises(BadRequest, match=says):
-        RequestReader().on_header(name, value)
+    for headers in ([(name, value)], [(b"Host", b"a"), (name, value), (b"X-B", b"c")]):
+        with pytest.raises(BadRequest, match=says):
+            check_headers(headers)
+
+
+def test_header_check_passes_good_headers() -> None:
+    check_headers([])
+    check_headers([(b"Host", b"a"), (b"X-Empty", b""), (b"Accept", b"text/html, */*;q=0.8\t")])
 
 
 def test_content_length_of_19_digits_is_refused_not_overflowed() -> None:

@@ -59,7 +59,7 @@ FORWARDING = frozenset(
 # parser still cannot make two servers disagree on where a request ends.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2
 _DIGITS = re.compile(rb"[0-9]{1,18}")  # 18 digits: far past any body, never overflows
-_HEADER = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00\r\n]*")  # name:value, both good
+_BAD_VALUE_BYTES = re.compile(rb"[\x00\r\n]")
 # Headers the request reader looks at; any other passes through untouched.
 # ("Close" too: ``Connection: close`` would name it as hop-by-hop.)
 _NOTED = (
@@ -230,21 +230,14 @@ class RequestReader:
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self._max_head:
             self._too_large()
-        if not _HEADER.fullmatch(name + b":" + value):
-            if not _TOKEN.fullmatch(name):
-                # Whitespace before the colon, or a line folded onto the previous one.
-                raise BadRequest(f"invalid header name {name[:40]!r}")
-            raise BadRequest(
-                f"header {name.decode('latin-1')} has a CR, LF or NUL in its value "
-                "(bare line ending or obs-fold)"
-            )
-        self._headers.append((name, value))
+        self._headers.append((name, value))  # checked all at once: ``check_headers``
 
     def _too_large(self) -> None:
         raise HeadersTooLarge(f"request head larger than {self._max_head} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        check_headers(self._headers)
         parser = self._parser
         method: bytes = parser.get_method()
         if method == b"CONNECT":
@@ -304,6 +297,33 @@ class RequestReader:
     def on_message_complete(self) -> None:
         self._in_message = False
         self._events.append(END)
+
+
+def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """Raise BadRequest unless every name is a token and no value holds CR, LF or NUL.
+
+    More than a few headers are checked all at once, names then values (split
+    and joined in C), which costs what two lines checked one by one cost: a
+    browser sends ten or more. Tokens joined are tokens only if each is one; a
+    bad byte in any value is one in the values joined.
+    """
+    if len(headers) > 2:
+        names, values = zip(*headers, strict=True)
+        if (
+            all(names)
+            and _TOKEN.fullmatch(b"".join(names))
+            and not _BAD_VALUE_BYTES.search(b"".join(values))
+        ):
+            return
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name):
+            # Whitespace before the colon, or a line folded onto the previous one.
+            raise BadRequest(f"invalid header name {name[:40]!r}")
+        if _BAD_VALUE_BYTES.search(value):
+            raise BadRequest(
+                f"header {name.decode('latin-1')} has a CR, LF or NUL in its value "
+                "(bare line ending or obs-fold)"
+            )
 
 
 def _framing(version: str, lengths: list[bytes], encodings: list[bytes]) -> tuple[bool, int | None]:
