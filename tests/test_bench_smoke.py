@@ -47,3 +47,18 @@ def test_smoke_run_writes_markdown_and_json(tmp_path: Path) -> None:
     assert result["idle_pool"][str(pool)]["held"] is True
     # A smoke run judges nothing: its sizes are too small for the targets to mean anything.
     assert all(figure["passed"] is None for figure in result["figures"])
+
+
+def test_hot_path_harness_runs_the_gateways_own_code() -> None:
+    """``python -m benchmarks.hotpath``: real gateway objects, fake transports, no sockets."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hotpath", "--requests", "200", "--repeat", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["keep-alive", "fresh connection"]
+    assert all(line.endswith("us of the gateway's Python per request") for line in lines)
