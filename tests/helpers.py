@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conftest import TOKEN
 from revgw import Gateway
@@ -232,3 +233,26 @@ async def private_server(
         tg.start_soon(listener.serve, handler)
         yield peer_of(listener.extra(SocketAttribute.local_address))
         tg.cancel_scope.cancel()
+
+
+class Recorder:
+    """Keeps every byte it receives; answers each request head with 200 ``ok``."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.heads: list[bytes] = []
+        self.got_head = anyio.Event()
+
+    async def __call__(self, stream: SocketStream) -> None:
+        buffered = BufferedByteReceiveStream(stream)
+        async with stream:
+            while True:
+                try:
+                    head = await buffered.receive_until(b"\r\n\r\n", 65536)
+                except (anyio.EndOfStream, anyio.IncompleteRead, OSError):
+                    self.received += bytes(buffered.buffer)
+                    return
+                self.received += head + b"\r\n\r\n"
+                self.heads.append(head)
+                self.got_head.set()
+                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

@@ -24,7 +24,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conftest import ClientFactory, GatewayFactory
-from helpers import Connection, get, private_server
+from helpers import Connection, Recorder, get, private_server
 from revgw import Gateway
 
 MiB = 1024 * 1024
@@ -133,26 +133,6 @@ async def download_digest(
 
 
 # --- a private server of our own, to see exactly what reaches it ---------------------
-
-
-class HeadRecorder:
-    """Records every request head it gets and answers each with 200 ``ok``."""
-
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-        self.got = anyio.Event()
-
-    async def __call__(self, stream: SocketStream) -> None:
-        buffered = BufferedByteReceiveStream(stream)
-        async with stream:
-            while True:
-                try:
-                    head = await buffered.receive_until(b"\r\n\r\n", 65536)
-                except (anyio.EndOfStream, anyio.IncompleteRead, OSError):
-                    return
-                self.heads.append(head)
-                self.got.set()
-                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
 def header_lines(head: bytes, name: str) -> list[str]:
@@ -585,7 +565,7 @@ async def test_private_server_sees_x_forwarded_headers(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:
     """The private server gets X-Forwarded-For/-Host/-Proto from the gateway, Host unchanged."""
-    recorder = HeadRecorder()
+    recorder = Recorder()
     async with (
         private_server(recorder) as target,
         make_gateway() as gw,
@@ -605,7 +585,7 @@ async def test_caller_supplied_forwarding_headers_are_replaced(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:
     """A caller's own X-Forwarded-For: 6.6.6.6 (and friends) never reach the private server."""
-    recorder = HeadRecorder()
+    recorder = Recorder()
     spoofed = {
         "X-Forwarded-For": "6.6.6.6",
         "X-Forwarded-Host": "evil.example",
@@ -632,7 +612,7 @@ async def test_hop_by_hop_headers_do_not_reach_the_private_server(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:
     """Connection, Keep-Alive and headers the Connection header names stay on the caller's hop."""
-    recorder = HeadRecorder()
+    recorder = Recorder()
     headers = {
         "Connection": "keep-alive, X-Hop-Secret",
         "Keep-Alive": "timeout=5",

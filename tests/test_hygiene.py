@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from anyio.abc import SocketStream
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from conftest import ClientFactory, GatewayFactory
-from helpers import Connection, get, private_server
+from helpers import Connection, Recorder, get, private_server
 from revgw._errors import BadRequest, ConfigError, HTTPError
 from revgw._http import (
     Body,
@@ -363,27 +361,12 @@ def test_trusted_proxies_setting_is_checked_and_normalised() -> None:
 # --- end to end: a recording private server ---------------------------------------------------
 
 
-class Recorder:
-    """Keeps every byte it receives; answers each request head with 200 ``ok``."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.heads: list[bytes] = []
-        self.got_head = anyio.Event()
-
-    async def __call__(self, stream: SocketStream) -> None:
-        buffered = BufferedByteReceiveStream(stream)
-        async with stream:
-            while True:
-                try:
-                    head = await buffered.receive_until(b"\r\n\r\n", 65536)
-                except (anyio.EndOfStream, anyio.IncompleteRead, OSError):
-                    self.received += bytes(buffered.buffer)
-                    return
-                self.received += head + b"\r\n\r\n"
-                self.heads.append(head)
-                self.got_head.set()
-                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+async def only_a_good_request_arrives(address: str, recorder: Recorder) -> None:
+    """After the refused requests the path still works: a good one arrives, and alone."""
+    ok = await get(address, "/after")
+    assert ok.status == 200
+    assert recorder.received.split(b"\r\n")[0] == b"GET /after HTTP/1.1"
+    assert len(recorder.heads) == 1
 
 
 E2E_SHAPES = [
@@ -423,10 +406,7 @@ async def test_smuggling_shapes_never_reach_the_private_server(
             finally:
                 await conn.close()
         # The path works: a good request still arrives, and alone.
-        ok = await get(gw.address, "/after")
-    assert ok.status == 200
-    assert recorder.received.split(b"\r\n")[0] == b"GET /after HTTP/1.1"
-    assert len(recorder.heads) == 1
+        await only_a_good_request_arrives(gw.address, recorder)
 
 
 async def test_bad_chunk_after_a_forwarded_head_stops_the_body_there(
@@ -471,10 +451,7 @@ async def test_head_level_smuggling_shapes_send_the_private_server_nothing(
                 assert (await conn.read_response()).status == 400, name
             finally:
                 await conn.close()
-        ok = await get(gw.address, "/after")
-    assert ok.status == 200
-    assert recorder.received.split(b"\r\n")[0] == b"GET /after HTTP/1.1"
-    assert len(recorder.heads) == 1
+        await only_a_good_request_arrives(gw.address, recorder)
 
 
 async def test_forwarding_headers_kept_only_from_a_trusted_proxy(
