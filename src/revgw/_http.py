@@ -404,21 +404,10 @@ def render_request_head(
         # The head as it came (nothing in it to drop), plus our headers:
         # the same bytes as the general way below, for a fraction of the work.
         end = b"\r\nConnection: close" if head.version == "1.0" else b""
+        end += b"\r\nX-Forwarded-For: " + caller_ip.encode()
         if head.host:
-            end += (
-                b"\r\nX-Forwarded-For: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Proto: %s\r\n\r\n"
-                % (
-                    caller_ip.encode(),
-                    head.host.encode(),
-                    proto.encode(),
-                )
-            )
-        else:
-            end += b"\r\nX-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n\r\n" % (
-                caller_ip.encode(),
-                proto.encode(),
-            )
-        return raw + end
+            end += b"\r\nX-Forwarded-Host: " + head.host.encode()
+        return raw + end + b"\r\nX-Forwarded-Proto: " + proto.encode() + b"\r\n\r\n"
     named_in_connection: set[bytes] = set()
     for name, value in head.headers:
         if name.lower() == b"connection":
@@ -563,17 +552,11 @@ class ResponseReader:
         if state is ResponseState.HEAD:
             if self.state is ResponseState.HEAD:
                 out = self._release_interims()
-                if len(self._held) > self._max_head:
-                    raise BadUpstreamResponse(
-                        f"the private server's response head is over {self._max_head} bytes"
-                    )
+                self._check_head_size(len(self._held))
                 return out
             data, self._held = self._held, b""
             head_len = data.index(b"\r\n\r\n", self._final_at) + 4
-            if head_len > self._max_head:
-                raise BadUpstreamResponse(
-                    f"the private server's response head is over {self._max_head} bytes"
-                )
+            self._check_head_size(head_len)
             if self.state is ResponseState.BODY or self._garbage_in_feed:
                 # Framing matters only for a body still to come or bytes after
                 # the end; a response done in one read (the common case) skips it.
@@ -588,6 +571,12 @@ class ResponseReader:
             data = data[:start] + _saying_close(data[start:head_len]) + data[head_len:]
         self.sent_bytes += len(data)
         return data
+
+    def _check_head_size(self, size: int) -> None:
+        if size > self._max_head:
+            raise BadUpstreamResponse(
+                f"the private server's response head is over {self._max_head} bytes"
+            )
 
     def _release_interims(self) -> bytes:
         """Pass on complete 1xx heads; keep the start of the final head back."""
@@ -659,7 +648,7 @@ def _saying_close(head: bytes) -> bytes:
     return _CONNECTION_LINES.sub(b"", head[:-4]) + b"\r\nConnection: close\r\n\r\n"
 
 
-def _head_end(buffer: bytes | bytearray, count: int) -> int:
+def _head_end(buffer: bytes, count: int) -> int:
     """Where the ``count``-th head in ``buffer`` ends (heads end at an empty line)."""
     end = 0
     for _ in range(count):

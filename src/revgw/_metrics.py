@@ -105,18 +105,12 @@ class GatewayStats:
         bytes_out: int,
     ) -> None:
         """A request that went through a tunnel connection has ended (once per request)."""
-        stats = self.tunnels.get(tunnel) or self.tunnel(tunnel)
-        by_status = stats.by_status
-        by_status[status] = by_status.get(status, 0) + 1
+        stats = self.tunnel(tunnel)
+        stats.by_status[status] = stats.by_status.get(status, 0) + 1
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
-        # Histogram.observe twice, written out: this runs once per request.
-        histogram = stats.wait
-        histogram.counts[bisect_left(BUCKETS, wait)] += 1
-        histogram.sum += wait
-        histogram = stats.upstream
-        histogram.counts[bisect_left(BUCKETS, upstream)] += 1
-        histogram.sum += upstream
+        stats.wait.observe(wait)
+        stats.upstream.observe(upstream)
 
     def client_joined(self, tunnel: str, client: str, address: str) -> None:
         if len(self.clients) > MAX_FORGOTTEN_CLIENTS:

@@ -260,7 +260,7 @@ class Registry(Generic[C]):
                 f"no tunnel serves host '{host}'. A client claims a host with "
                 f"revgw client --tunnel NAME --host {host or 'HOSTNAME'}"
             )
-        return self.tunnels.get(name) or self.tunnel(name)
+        return self.tunnel(name)
 
     def _wildcard_owner(self, host: str) -> str | None:
         """The tunnel claiming the most specific ``*.`` wildcard above ``host``, if any."""
