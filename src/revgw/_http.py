@@ -164,10 +164,7 @@ class RequestReader:
     def feed(self, data: bytes) -> list[RequestEvent]:
         if self._upgraded:
             return [Upgraded(data)]
-        self._consumed = 0
-        self._begin_mark = None
-        self._head_at = None
-        events = self._events = []
+        events = self._new_read()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -205,6 +202,19 @@ class RequestReader:
             if self._head_raw > self._max_head + 4096:
                 raise HeadersTooLarge(f"request head larger than {self._max_head} bytes")
         return events
+
+    def _new_read(self) -> list[RequestEvent]:
+        """Forget what the callbacks recorded about the last read; the new read's events.
+
+        A method of its own so that mypy does not carry the values set here
+        past the parser's callbacks, which change them (mypyc, compiling this
+        module, would check them against the values set here, and fail).
+        """
+        self._consumed = 0
+        self._begin_mark = None
+        self._head_at = None
+        self._events = []
+        return self._events
 
     # httptools callbacks: record only.
 
