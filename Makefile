@@ -2,6 +2,9 @@
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# The package again, with the gateway's hot path compiled by mypyc (setup.py).
+# The venv's own install is editable plain Python, so an edit shows at once.
+COMPILED := build/compiled
 PYTHON ?= python3
 NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
 
@@ -23,11 +26,13 @@ local: $(VENV)/.installed ## run the same demo in one process, no Docker needed
 netns-demo: $(VENV)/.installed ## the compose demo in four network namespaces, no Docker (root)
 	exec $(PY) examples/netns/netns.py demo
 
-test: lint ## lint, type-check, then run the test suite
+test: lint $(COMPILED)/.built ## lint, type-check, run the suite, then again on the compiled build
 	$(VENV)/bin/pytest
+	@echo "== the suite again, on the compiled hot path ($(COMPILED)) =="
+	REVGW_EXPECT_COMPILED=1 PYTHONPATH=$(CURDIR)/$(COMPILED) $(VENV)/bin/pytest -q
 
-bench: $(VENV)/.installed ## measure the tunnel against the direct path (nginx, wrk; a few minutes)
-	$(PY) -m benchmarks
+bench: $(COMPILED)/.built ## measure the tunnel against the direct path (nginx, wrk; a few minutes)
+	PYTHONPATH=$(COMPILED) $(PY) -m benchmarks
 
 fuzz: $(VENV)/.installed-test ## replay the fuzz corpus; with atheris, FUZZ_SECONDS=600 make fuzz explores
 	$(PY) fuzz/fuzz_http.py --replay fuzz/corpus/http
@@ -65,10 +70,17 @@ help: ## list the targets
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+$(VENV)/.installed: pyproject.toml setup.py | $(PY)
+	REVGW_COMPILE=0 $(PY) -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml setup.py | $(PY)
+	REVGW_COMPILE=0 $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@ $(VENV)/.installed
+
+# Built as pip builds it for a user (in a build environment of its own), when a source changes.
+$(COMPILED)/.built: $(VENV)/.installed-test setup.py $(wildcard src/revgw/*.py)
+	rm -rf $(COMPILED)
+	REVGW_COMPILE=1 $(PY) -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(COMPILED) .
+	touch $@

@@ -277,14 +277,15 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
     judged = result["mode"] == "full"
     title = "revgw benchmark" + ("" if judged else " (smoke run: tiny sizes, not judged)")
     memory = f", {m['memory_mib'] / 1024:.0f} GiB RAM" if m.get("memory_mib") else ""
-    reproduce = "`make bench` (or `.venv/bin/python -m benchmarks`)"
+    reproduce = "`make bench` (or `PYTHONPATH=build/compiled .venv/bin/python -m benchmarks`)"
     if s.get("only"):
-        reproduce = f"`.venv/bin/python -m benchmarks --only {s['only']}`"
+        reproduce = f"`PYTHONPATH=build/compiled .venv/bin/python -m benchmarks --only {s['only']}`"
     lines = [
         f"### {title}: {result['date']}",
         "",
         f"- machine: {m['cores']} cores ({m['cpu']}){memory}, Linux {m['kernel']}, "
-        f"Python {m['python']}, event loop {m['loop']}, revgw {m['revgw_commit']}; "
+        f"Python {m['python']}, event loop {m['loop']}, "
+        f"revgw {m['revgw_commit']}, {m.get('revgw_build', 'build not recorded')}; "
         f"load average {m['load_average_1min_at_start']:.2f} at start",
         f"- private server: {s['server']} on loopback; load: {s['load']}",
         (

@@ -74,6 +74,11 @@ class Runner:
         self.errors: list[str] = []  # phases that could not be measured
         self.token = secrets.token_hex(16)
         self.env = {**os.environ, "REVGW_LOOP": config.loop}
+        if os.environ.get("PYTHONPATH"):
+            # revgw runs in the work folder: make bench's relative build/compiled
+            # must name the same folder there.
+            paths = os.environ["PYTHONPATH"].split(os.pathsep)
+            self.env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in paths if p)
         self.server_port = 0
         self.server_kind = ""  # "nginx" or "revgw server"
         self.blob_path = "/blob"
@@ -83,6 +88,14 @@ class Runner:
         self.notes.append(text)
 
     # -- set-up --------------------------------------------------------------------------
+
+    def build(self) -> str:
+        """What the revgw processes run, in their words (compiled or plain Python)."""
+        argv = procs.revgw_argv("--version")
+        done = subprocess.run(
+            argv, env=self.env, cwd=self.workdir, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip().removeprefix("revgw ") or f"unknown: {done.stderr.strip()}"
 
     def tools(self) -> tuple[str | None, str | None]:
         """nginx and wrk: found, installed (full runs only) or None."""
@@ -277,6 +290,7 @@ def run(config: Config) -> dict[str, Any]:
     idle_only = config.only == "idle"
     with tempfile.TemporaryDirectory(prefix="revgw-bench-") as tmp:
         runner = Runner(config, Path(tmp))
+        build = runner.build()
         nginx = None
         if idle_only:
             # An idle pool never dials its target: the demo server is enough, no tools needed.
@@ -295,7 +309,11 @@ def run(config: Config) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "smoke" if config.smoke else "full",
-        "machine": {**env.machine(config.loop), "load_average_1min_at_start": load_before},
+        "machine": {
+            **env.machine(config.loop),
+            "revgw_build": build,
+            "load_average_1min_at_start": load_before,
+        },
         "setup": {
             "server": server_description(runner.server_kind, nginx),
             "load": (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -11,12 +12,28 @@ from typing import Any, TypeVar
 
 import pytest
 
-from revgw import Client, Gateway
+import revgw
+from revgw import COMPILED, Client, Gateway
 from revgw_examples.server import Server, ServerSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 TOKEN = "test-token-0123456789"
+
+
+def pytest_report_header() -> str:
+    build = "hot path compiled by mypyc" if COMPILED else "plain Python"
+    return f"revgw: {build} ({Path(revgw.__file__).parent})"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``make test``'s second pass must run the compiled build, not fall back quietly."""
+    if os.environ.get("REVGW_EXPECT_COMPILED") == "1" and not COMPILED:
+        raise pytest.UsageError(
+            f"REVGW_EXPECT_COMPILED=1, but revgw at {revgw.__file__} is plain Python"
+        )
+
+
 T = TypeVar("T")
 
 

@@ -26,7 +26,7 @@ import pytest
 
 from conftest import TOKEN, ClientFactory, GatewayFactory
 from helpers import get
-from revgw import ClientSettings, Gateway, GatewaySettings
+from revgw import COMPILED, ClientSettings, Gateway, GatewaySettings, __version__
 from revgw._demo import DemoSettings
 from revgw_examples.producer import ProducerSettings
 from revgw_examples.server import Server, ServerSettings
@@ -179,6 +179,14 @@ async def test_help_lists_every_flag_with_its_env_variable_and_default(role: str
         assert re.search(entry, options), (flag, options)
     assert "--log-level" in options
     assert "REVGW_LOG_LEVEL" in options
+
+
+async def test_version_names_the_build() -> None:
+    """``revgw --version``: the version, and whether the hot path runs compiled."""
+    proc = await run("--version")
+    assert proc.process.returncode == 0, proc
+    build = "hot path compiled by mypyc" if COMPILED else "plain Python"
+    assert proc.out == [f"revgw {__version__} ({build})"]
 
 
 async def test_help_spot_checks() -> None:

@@ -13,6 +13,7 @@ async context managers that run inside your own asyncio program::
 
 from __future__ import annotations
 
+from . import _caller
 from ._client import Client
 from ._errors import (
     AccessDenied,
@@ -37,7 +38,12 @@ from ._settings import ClientSettings, GatewaySettings
 
 __version__ = "0.1.0"
 
+# True when the gateway's hot path runs as C compiled by mypyc from its own
+# source (setup.py), False when it runs as the plain Python.
+COMPILED = not _caller.__file__.endswith(".py")
+
 __all__ = [
+    "COMPILED",
     "AccessDenied",
     "BadRequest",
     "BadUpstreamResponse",

@@ -28,7 +28,7 @@ from revgw_examples.producer import ProducerSettings
 from revgw_examples.producer import run as run_producer
 from revgw_examples.server import ServerSettings, serve_forever
 
-from . import _config
+from . import COMPILED, __version__, _config
 from ._address import parse_address
 from ._client import Client
 from ._config import LogSettings
@@ -380,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reach a service behind NAT through a public gateway and a pool of "
         "pre-dialled tunnel connections.",
     )
+    build = "hot path compiled by mypyc" if COMPILED else "plain Python"
+    parser.add_argument("--version", action="version", version=f"revgw {__version__} ({build})")
     sub = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
     for name, (cls, _, summary) in _roles().items():
         role_parser = sub.add_parser(name, help=summary, description=summary)
