@@ -3,7 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # The package again, with the gateway's hot path compiled by mypyc (setup.py).
-# The venv's own install is editable plain Python, so an edit shows at once.
+# The venv's own install is editable, so plain Python: an edit shows at once.
 COMPILED := build/compiled
 PYTHON ?= python3
 NO_ENGINE := No Docker engine is running here; try 'make local' for the same demo in one process.
@@ -71,11 +71,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml setup.py | $(PY)
-	REVGW_COMPILE=0 $(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(PY)
-	REVGW_COMPILE=0 $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 # Built as pip builds it for a user (in a build environment of its own), when a source changes.

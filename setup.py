@@ -7,9 +7,10 @@ The source stays the one a reader reads: the compiled modules are built from
 it, and the plain Python is what runs wherever they are not built.
 
 REVGW_COMPILE picks: ``auto`` (the default) compiles when a C compiler and the
-Python headers are here, and builds plain Python with a warning when not;
-``1`` must compile (a failure fails the build); ``0`` never compiles (an
-editable install for development: a stale compiled module would hide edits).
+Python headers are here, and builds plain Python with a warning when not; an
+editable install (``pip install -e``) stays plain, since a compiled module
+would hide every edit. ``1`` must compile (a failure fails the build); ``0``
+never compiles.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ HOT_PATH = [
 
 # setup.py commands that build code; pip also runs this file only to read metadata.
 _BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+_EDITABLE = {"editable_wheel", "develop"}
 
 
 def _warn(message: str) -> None:
@@ -77,8 +79,11 @@ class OptionalBuildExt(build_ext):
 def ext_modules() -> list[Extension]:
     if os.environ.get("REVGW_COMPILE", "auto") == "0":
         return []
-    if not _BUILDS.intersection(sys.argv[1:]):
+    commands = set(sys.argv[1:])
+    if not _BUILDS & commands:
         return []  # metadata only (pip asks for it first): no need to run mypyc for that
+    if _EDITABLE & commands and not _required():
+        return []  # an install made for editing: a compiled module would hide each edit
     missing = _missing_toolchain()
     if missing is not None and not _required():
         _warn(missing)
