@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from html.parser import HTMLParser
 from typing import Any
 
@@ -278,3 +279,46 @@ async def test_client_admin_not_ready_while_the_gateway_is_away(server: Any) -> 
         metrics = samples((await get(admin, "/metrics")).text)
         assert metrics[("revgw_client_dial_failures_total", ())] >= 2
         assert metrics[("revgw_client_backoff_seconds", ())] > 0
+
+
+PROMETHEUS_LAZY = """
+import asyncio, sys
+import revgw
+
+async def get(address, path):
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET %s HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n" % path.encode())
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+async def main():
+    token = "t" * 32
+    async with revgw.Gateway(
+        listen="127.0.0.1:0", tunnel_listen="127.0.0.1:0", admin="127.0.0.1:0", token=token
+    ) as gw, revgw.Client(
+        gateway=gw.tunnel_address, target="127.0.0.1:9", token=token, pool=1, admin="127.0.0.1:0"
+    ) as client:
+        await client.wait_ready()
+        await get(gw.admin.address, "/api/tunnels")
+        await get(client.admin.address, "/api/status")
+        print("before a scrape:", "prometheus_client" in sys.modules)
+        gateway = await get(gw.admin.address, "/metrics")
+        client = await get(client.admin.address, "/metrics")
+        print("after a scrape:", "prometheus_client" in sys.modules)
+        print("metrics:", b"revgw_pool_idle" in gateway, b"revgw_client_pool_size" in client)
+
+asyncio.run(main())
+"""
+
+
+async def test_prometheus_client_is_loaded_at_the_first_scrape() -> None:
+    """A gateway or client never scraped does not pay prometheus_client's ~5 MiB."""
+    process = await anyio.run_process([sys.executable, "-c", PROMETHEUS_LAZY], check=False)
+    assert process.returncode == 0, process.stderr.decode()
+    assert process.stdout.decode().splitlines() == [
+        "before a scrape: False",
+        "after a scrape: True",
+        "metrics: True True",
+    ]

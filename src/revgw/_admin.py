@@ -20,15 +20,11 @@ from typing import TYPE_CHECKING, Any, cast
 from ._address import parse_address, peer_of
 from ._errors import ConfigError, HTTPError
 from ._http import RequestHead, RequestReader
-from ._metrics import (
-    client_registry,
-    client_status,
-    exposition,
-    gateway_registry,
-    tunnels_snapshot,
-)
+from ._metrics import client_status, tunnels_snapshot
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ._client import Client
     from ._gateway import Gateway
 
@@ -108,8 +104,22 @@ def status_page(snapshot: dict[str, Any]) -> bytes:
 # --- the routes ----------------------------------------------------------------------------
 
 
+def _metrics_route(owner: Gateway | Client) -> Route:
+    """``/metrics``; prometheus_client is imported at the first scrape (_prometheus.py)."""
+    registry: CollectorRegistry | None = None
+
+    def metrics() -> Answer:
+        nonlocal registry
+        from . import _prometheus  # noqa: PLC0415 (on purpose: see the docstring)
+
+        if registry is None:
+            registry = _prometheus.registry_for(owner)
+        return 200, PROMETHEUS, _prometheus.exposition(registry)
+
+    return metrics
+
+
 def gateway_routes(gateway: Gateway) -> dict[str, Route]:
-    registry = gateway_registry(gateway)
 
     def readyz() -> Answer:
         if not gateway.address or not gateway.tunnel_address:
@@ -126,14 +136,13 @@ def gateway_routes(gateway: Gateway) -> dict[str, Route]:
     return {
         "/healthz": lambda: text(200, "ok"),
         "/readyz": readyz,
-        "/metrics": lambda: (200, PROMETHEUS, exposition(registry)),
+        "/metrics": _metrics_route(gateway),
         "/api/tunnels": lambda: as_json(tunnels_snapshot(gateway)),
         "/": lambda: (200, "text/html; charset=utf-8", status_page(tunnels_snapshot(gateway))),
     }
 
 
 def client_routes(client: Client) -> dict[str, Route]:
-    registry = client_registry(client)
 
     def readyz() -> Answer:
         if client.idle_count < 1:
@@ -143,7 +152,7 @@ def client_routes(client: Client) -> dict[str, Route]:
     return {
         "/healthz": lambda: text(200, "ok"),
         "/readyz": readyz,
-        "/metrics": lambda: (200, PROMETHEUS, exposition(registry)),
+        "/metrics": _metrics_route(client),
         "/api/status": lambda: as_json(client_status(client)),
     }
 

@@ -1,26 +1,15 @@
-"""What the admin listener reports: plain counters on the hot path, Prometheus at scrape time.
+"""What the admin listener reports: plain counters on the hot path, snapshots when asked.
 
 A request costs a dict lookup, a few integer additions and two bisects here;
-labels, families and text are built only when someone asks (``/metrics``,
-``/api/tunnels``). Each gateway and client has its own CollectorRegistry, so
-several of them in one process (the tests, ``revgw demo``) never collide.
+labels, families and text are built only when someone asks (``/api/tunnels``,
+``/api/status``, and ``/metrics``, whose Prometheus form is in _prometheus.py).
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
 
 from ._tunnel_conn import TunnelState
 
@@ -174,111 +163,6 @@ def tunnels_snapshot(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-class _GatewayCollector(Collector):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-
-    def collect(self) -> Iterator[Metric]:
-        snapshot = tunnels_snapshot(self.gateway)
-        stats = self.gateway.stats
-        requests = CounterMetricFamily(
-            "revgw_requests", "Requests answered, by tunnel and status", labels=["tunnel", "status"]
-        )
-        bytes_in = CounterMetricFamily(
-            "revgw_bytes_in", "Request body bytes from callers", labels=["tunnel"]
-        )
-        bytes_out = CounterMetricFamily(
-            "revgw_bytes_out", "Response bytes to callers", labels=["tunnel"]
-        )
-        wait = HistogramMetricFamily(
-            "revgw_request_wait_seconds",
-            "Time a request waited for a tunnel connection",
-            labels=["tunnel"],
-        )
-        upstream = HistogramMetricFamily(
-            "revgw_upstream_latency_seconds",
-            "Time from pairing to the end of the response",
-            labels=["tunnel"],
-        )
-        online = GaugeMetricFamily(
-            "revgw_tunnel_online", "1 if a client serves it", labels=["tunnel"]
-        )
-        clients = GaugeMetricFamily(
-            "revgw_clients_connected", "Clients connected, by tunnel", labels=["tunnel"]
-        )
-        pool = {
-            key: GaugeMetricFamily(f"revgw_pool_{key}", text, labels=["tunnel"])
-            for key, text in (
-                ("idle", "Tunnel connections idle, ready for a request"),
-                ("busy", "Tunnel connections carrying a request"),
-                ("warm", "Tunnel connections kept warm after a request"),
-                ("waiting", "Requests waiting for a tunnel connection"),
-            )
-        }
-        for tunnel in snapshot["tunnels"]:
-            name = tunnel["name"]
-            counters = stats.tunnels.get(name)
-            if counters is not None:
-                for status, count in sorted(counters.by_status.items()):
-                    requests.add_metric([name, str(status)], count)
-                bytes_in.add_metric([name], counters.bytes_in)
-                bytes_out.add_metric([name], counters.bytes_out)
-                wait.add_metric([name], counters.wait.cumulative(), counters.wait.sum)
-                upstream.add_metric([name], counters.upstream.cumulative(), counters.upstream.sum)
-            if name == NO_TUNNEL:
-                continue
-            online.add_metric([name], 1 if tunnel["online"] else 0)
-            clients.add_metric([name], len(tunnel["clients"]))
-            for key, family in pool.items():
-                family.add_metric([name], tunnel["pool"][key])
-        handshakes = CounterMetricFamily(
-            "revgw_handshakes", "Tunnel handshakes, by result", labels=["result"]
-        )
-        for result, count in stats.handshakes.items():
-            handshakes.add_metric([result], count)
-        yield from (requests, bytes_in, bytes_out, wait, upstream, online, clients)
-        yield from pool.values()
-        yield handshakes
-
-
-class _ClientCollector(Collector):
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def collect(self) -> Iterator[Metric]:
-        status = client_status(self.client)
-        yield GaugeMetricFamily(
-            "revgw_client_pool_idle",
-            "Connections idle at the gateway",
-            value=status["pool"]["idle"],
-        )
-        yield GaugeMetricFamily(
-            "revgw_client_pool_size",
-            "Idle connections wanted (--pool)",
-            value=status["pool"]["size"],
-        )
-        yield GaugeMetricFamily(
-            "revgw_client_paired", "Connections carrying a request", value=status["pool"]["paired"]
-        )
-        per_gateway = GaugeMetricFamily(
-            "revgw_client_gateway_idle", "Connections idle at each gateway", labels=["gateway"]
-        )
-        for gateway in status["gateways"]:
-            per_gateway.add_metric([gateway["address"]], gateway["idle"])
-        yield per_gateway
-        yield CounterMetricFamily(
-            "revgw_client_dials", "Tunnel connections dialled", status["dials"]
-        )
-        yield CounterMetricFamily(
-            "revgw_client_dial_failures", "Dials that failed", status["dial_failures"]
-        )
-        yield GaugeMetricFamily(
-            "revgw_client_backoff_seconds",
-            "Current wait before re-dialling (0 when connected)",
-            value=status["backoff"],
-        )
-
-
 def client_status(client: Client) -> dict[str, Any]:
     """``/api/status`` of a client: its pool, dials, failures and backoff."""
     settings = client.settings
@@ -308,19 +192,3 @@ def client_status(client: Client) -> dict[str, Any]:
             for k in keepers
         ],
     }
-
-
-def gateway_registry(gateway: Gateway) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_GatewayCollector(gateway))
-    return registry
-
-
-def client_registry(client: Client) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ClientCollector(client))
-    return registry
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)
