@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -84,6 +85,66 @@ async def test_gateway_drain_finishes_in_flight_and_refuses_new(
         assert 1.0 < time.monotonic() - started < 3.5
         assert not gw.callers
     assert "is draining; re-dialling" in caplog.text  # the client heard DRAIN
+
+
+async def test_a_caller_that_has_not_sent_its_request_yet_is_answered(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """Accepted before the drain, request after it: served, with Connection: close.
+
+    A load balancer connects first and sends once connected; closing such a
+    connection as if it were an idle keep-alive one, or sending the idle
+    tunnel connections away before its request came, fails a request that the
+    balancer cannot send elsewhere (there was no refused connect).
+    """
+    async with make_gateway() as gw, make_client(gw, pool=2):
+        conn = await Connection.open(gw.address)
+        await until(lambda: len(gw.callers) == 1, "the caller accepted")
+        drain = asyncio.create_task(gw.drain(5))
+        await until(lambda: gw.draining, "draining")
+        response = await conn.request(target="/ping")
+        assert (response.status, response.body) == (200, b"pong")
+        assert response.header("connection") == "close"
+        await conn.close()
+        with anyio.fail_after(2):
+            await drain
+
+
+async def test_a_caller_still_in_the_accept_queue_is_answered(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """Connected (by the kernel) but not yet accepted when the port closes: served.
+
+    Closing a listening socket resets the connections queued on it; those
+    callers connected fine, so a balancer would not retry them elsewhere.
+    """
+    async with make_gateway() as gw, make_client(gw, pool=2):
+        host, port = gw.address.rsplit(":", 1)
+        # A blocking connect from the loop's own thread: the kernel completes it,
+        # and the gateway cannot accept it before drain() has closed the port.
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            await gw.drain(5)
+            answer = b""
+            while chunk := sock.recv(65536):  # the answer, then the gateway's close
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+    assert b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(b"\r\n\r\npong")
+
+
+async def test_a_silent_caller_holds_the_drain_only_until_its_header_timeout(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """The idle tunnel connections wait for first requests, not forever."""
+    async with make_gateway(header_timeout=0.5) as gw, make_client(gw, pool=2):
+        silent = await Connection.open(gw.address)
+        await until(lambda: len(gw.callers) == 1, "the caller accepted")
+        started = time.monotonic()
+        await gw.drain(5)
+        assert time.monotonic() - started < 2.5
+        assert await silent.closed_by_peer()
+        await silent.close()
 
 
 async def test_drain_with_nothing_in_flight_returns_at_once(

@@ -89,6 +89,7 @@ class CallerConnection(asyncio.Protocol):
         self.deadline = NEVER  # when the current state has lasted too long
         self._wait_scope: anyio.CancelScope | None = None
         self._caller_eof = False
+        self._had_request = False
         self._pumping = False
         self._peername: object = None  # what the socket says; ``peer`` formats it when asked
         self._peer: str | None = None
@@ -262,6 +263,10 @@ class CallerConnection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, attempt: int) -> None:
         started = time.monotonic()
         self._tunnel_name = ""
+        if not self._had_request:
+            self._had_request = True
+            if self.gateway.draining:
+                self.gateway.connection_progressed()  # the drain may be waiting for it
         try:
             tunnel = self.gateway.registry.route(head.host)
             self._tunnel_name = tunnel.name
@@ -398,12 +403,25 @@ class CallerConnection(asyncio.Protocol):
         if self._caller_eof:  # read before the 101: the server must still learn of it
             splice.a.eof_received()
 
+    @property
+    def awaiting_first_request(self) -> bool:
+        """Connected, but no request yet: a drain must still answer the one to come."""
+        return not self._had_request and self.state is CallerState.READING
+
     def drain(self) -> None:
-        """The gateway is stopping: close if between requests, else after this answer."""
+        """The gateway is stopping: close if between requests, else after this answer.
+
+        A connection that has not sent its first request is not between
+        requests: a load balancer connects, then sends, and would see that
+        request fail. It is answered (``Connection: close``) when it comes.
+        """
         if self.exchange is not None:
             self.exchange.response.close_caller()
         elif (
-            self.state is CallerState.READING and not self._queue and self._reader.between_messages
+            self.state is CallerState.READING
+            and self._had_request
+            and not self._queue
+            and self._reader.between_messages
         ):
             self._close_now()
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -92,6 +94,10 @@ class Gateway:
         self.draining = False  # set by drain(): no new work, finish what is in flight
         self._servers: list[asyncio.Server] = []
         self._quieter = anyio.Event()  # set when a caller or splice goes, while draining
+        self._public_factory: tuple[Callable[[], asyncio.Protocol], dict[str, Any]] = (
+            lambda: CallerConnection(self),
+            {},
+        )
 
     @property
     def task_group(self) -> TaskGroup:
@@ -125,6 +131,7 @@ class Gateway:
                 port_name="tunnel port",
             )
             public = await _serve(loop, public_factory, settings.listen)
+            self._public_factory = public_factory  # for the callers a drain takes from its queue
             stack.push_async_callback(_close_server, public)
             tunnel = await _serve(loop, tunnel_factory, settings.tunnel_listen)
             stack.push_async_callback(_close_server, tunnel)
@@ -192,21 +199,29 @@ class Gateway:
         in flight; the connections are gone when it returns.
         """
         grace = self.settings.grace if grace is None else grace
-        if not self.draining:
-            self.draining = True
-            for server in self._servers:
-                server.close()
-            self.tcp.close()
-            busy = len(self.callers) + len(self.splices)
-            log.info("draining: refusing new connections; %d in flight, grace %g s", busy, grace)
-            for conn in list(self.tunnel_conns):
-                conn.drain()
-            for caller in list(self.callers):
-                caller.drain()
         with anyio.move_on_after(grace):
-            while self.callers or self.splices:
-                await self._quieter.wait()
-                self._quieter = anyio.Event()
+            if not self.draining:
+                self.draining = True
+                # Connections the kernel completed but nobody accepted yet:
+                # closing the port would reset them, after a connect that worked.
+                queued = _accept_queued(self._servers[0]) if self._servers else []
+                for server in self._servers:
+                    server.close()
+                self.tcp.close()
+                await self._adopt(queued)
+                busy = len(self.callers) + len(self.splices)
+                log.info(
+                    "draining: refusing new connections; %d in flight, grace %g s", busy, grace
+                )
+                for caller in list(self.callers):
+                    caller.drain()
+                # The idle tunnel connections stay until every caller connected
+                # before the drain has sent its first request (or left: the
+                # header timeout bounds it): that request needs one of them.
+                await self._until(lambda: not any(c.awaiting_first_request for c in self.callers))
+                for conn in list(self.tunnel_conns):
+                    conn.drain()
+            await self._until(lambda: not (self.callers or self.splices))
         left = len(self.callers) + len(self.splices)
         if left:
             log.warning("grace of %g s over: cutting %d connection(s) still in flight", grace, left)
@@ -216,6 +231,27 @@ class Gateway:
         """A caller or splice ended: a drain may be waiting for the last one."""
         if self.draining:
             self._quieter.set()
+
+    def connection_progressed(self) -> None:
+        """A caller sent its first request during a drain, which may be waiting for that."""
+        self._quieter.set()
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Wait, during a drain, until ``done()``: it is asked again whenever a caller moves on."""
+        while not done():
+            await self._quieter.wait()
+            self._quieter = anyio.Event()
+
+    async def _adopt(self, queued: list[socket.socket]) -> None:
+        """Serve connections taken from the public port's queue, as if it had accepted them."""
+        loop = asyncio.get_running_loop()
+        factory, tls = self._public_factory
+        for sock in queued:
+            try:
+                await loop.connect_accepted_socket(factory, sock, **tls)
+            except OSError as exc:  # a TLS handshake that timed out included
+                log.info("draining: a queued caller could not be taken on (%s)", exc)
+                sock.close()
 
     async def run(self) -> None:
         """Serve until cancelled (the CLI's way)."""
@@ -332,6 +368,24 @@ async def _serve(
         return await loop.create_server(factory, host or None, port, backlog=1024, **tls)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+def _accept_queued(server: asyncio.Server) -> list[socket.socket]:
+    """Accept, without waiting, whatever is queued on ``server``'s listening sockets."""
+    taken: list[socket.socket] = []
+    for listener in server.sockets:
+        with socket.socket(fileno=os.dup(listener.fileno())) as sock:  # the loop keeps its own
+            sock.setblocking(False)
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. out of file descriptors: leave the rest
+                    log.warning("draining: could not take a queued caller (%s)", exc)
+                    break
+                taken.append(conn)
+    return taken
 
 
 async def _close_server(server: asyncio.Server) -> None:
