@@ -14,6 +14,7 @@ import pytest
 
 import revgw
 from revgw import COMPILED, Client, Gateway
+from revgw._cli import BUILD
 from revgw_examples.server import Server, ServerSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,8 +23,7 @@ TOKEN = "test-token-0123456789"
 
 
 def pytest_report_header() -> str:
-    build = "hot path compiled by mypyc" if COMPILED else "plain Python"
-    return f"revgw: {build} ({Path(revgw.__file__).parent})"
+    return f"revgw: {BUILD} ({Path(revgw.__file__).parent})"
 
 
 def pytest_configure(config: pytest.Config) -> None:

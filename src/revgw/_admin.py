@@ -120,7 +120,6 @@ def _metrics_route(owner: Gateway | Client) -> Route:
 
 
 def gateway_routes(gateway: Gateway) -> dict[str, Route]:
-
     def readyz() -> Answer:
         if not gateway.address or not gateway.tunnel_address:
             return text(503, "not ready: the public and tunnel ports are not bound")
@@ -143,7 +142,6 @@ def gateway_routes(gateway: Gateway) -> dict[str, Route]:
 
 
 def client_routes(client: Client) -> dict[str, Route]:
-
     def readyz() -> Answer:
         if client.idle_count < 1:
             return text(503, "not ready: no idle connection at the gateway yet")

@@ -265,8 +265,7 @@ class CallerConnection(asyncio.Protocol):
         self._tunnel_name = ""
         if not self._had_request:
             self._had_request = True
-            if self.gateway.draining:
-                self.gateway.connection_progressed()  # the drain may be waiting for it
+            self.gateway.first_request_came()
         try:
             tunnel = self.gateway.registry.route(head.host)
             self._tunnel_name = tunnel.name

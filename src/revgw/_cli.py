@@ -374,14 +374,17 @@ def _roles() -> dict[str, tuple[type, Callable[[Any], Awaitable[int]], str]]:
     }
 
 
+# What ``--version`` says runs (setup.py compiles the hot path where it can).
+BUILD = "hot path compiled by mypyc" if COMPILED else "plain Python"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="revgw",
         description="Reach a service behind NAT through a public gateway and a pool of "
         "pre-dialled tunnel connections.",
     )
-    build = "hot path compiled by mypyc" if COMPILED else "plain Python"
-    parser.add_argument("--version", action="version", version=f"revgw {__version__} ({build})")
+    parser.add_argument("--version", action="version", version=f"revgw {__version__} ({BUILD})")
     sub = parser.add_subparsers(dest="role", metavar="ROLE", required=True)
     for name, (cls, _, summary) in _roles().items():
         role_parser = sub.add_parser(name, help=summary, description=summary)

@@ -94,10 +94,9 @@ class Gateway:
         self.draining = False  # set by drain(): no new work, finish what is in flight
         self._servers: list[asyncio.Server] = []
         self._quieter = anyio.Event()  # set when a caller or splice goes, while draining
-        self._public_factory: tuple[Callable[[], asyncio.Protocol], dict[str, Any]] = (
-            lambda: CallerConnection(self),
-            {},
-        )
+        # The public port and how it makes callers: a drain takes its queue (_adopt).
+        self._public: tuple[asyncio.Server, Callable[[], asyncio.Protocol], dict[str, Any]] | None
+        self._public = None
 
     @property
     def task_group(self) -> TaskGroup:
@@ -131,7 +130,7 @@ class Gateway:
                 port_name="tunnel port",
             )
             public = await _serve(loop, public_factory, settings.listen)
-            self._public_factory = public_factory  # for the callers a drain takes from its queue
+            self._public = (public, *public_factory)
             stack.push_async_callback(_close_server, public)
             tunnel = await _serve(loop, tunnel_factory, settings.tunnel_listen)
             stack.push_async_callback(_close_server, tunnel)
@@ -204,7 +203,7 @@ class Gateway:
                 self.draining = True
                 # Connections the kernel completed but nobody accepted yet:
                 # closing the port would reset them, after a connect that worked.
-                queued = _accept_queued(self._servers[0]) if self._servers else []
+                queued = _accept_queued(self._public[0]) if self._public else []
                 for server in self._servers:
                     server.close()
                 self.tcp.close()
@@ -232,9 +231,10 @@ class Gateway:
         if self.draining:
             self._quieter.set()
 
-    def connection_progressed(self) -> None:
-        """A caller sent its first request during a drain, which may be waiting for that."""
-        self._quieter.set()
+    def first_request_came(self) -> None:
+        """A caller sent its first request: a drain may be waiting for that."""
+        if self.draining:
+            self._quieter.set()
 
     async def _until(self, done: Callable[[], bool]) -> None:
         """Wait, during a drain, until ``done()``: it is asked again whenever a caller moves on."""
@@ -244,8 +244,10 @@ class Gateway:
 
     async def _adopt(self, queued: list[socket.socket]) -> None:
         """Serve connections taken from the public port's queue, as if it had accepted them."""
+        if not queued or self._public is None:
+            return
         loop = asyncio.get_running_loop()
-        factory, tls = self._public_factory
+        _, factory, tls = self._public
         for sock in queued:
             try:
                 await loop.connect_accepted_socket(factory, sock, **tls)

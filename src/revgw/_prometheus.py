@@ -134,20 +134,11 @@ class _ClientCollector(Collector):
 
 def registry_for(owner: Gateway | Client) -> CollectorRegistry:
     """A registry of its own for this gateway or client."""
+    registry = CollectorRegistry(auto_describe=False)
     if isinstance(owner, Gateway):
-        return gateway_registry(owner)
-    return client_registry(owner)
-
-
-def gateway_registry(gateway: Gateway) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_GatewayCollector(gateway))
-    return registry
-
-
-def client_registry(client: Client) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ClientCollector(client))
+        registry.register(_GatewayCollector(owner))
+    else:
+        registry.register(_ClientCollector(owner))
     return registry
 
 
