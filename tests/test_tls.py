@@ -472,6 +472,8 @@ async def test_https_and_a_tls_tunnel_together_carry_big_bodies_on_one_connectio
         ) as gw,
         make_client(gw, ca=certs.ca),
     ):
+        # A corked port would hold each handshake flight for 200 ms (test_last_answer.py).
+        assert not gw.callers_corked
         host, _, port = gw.address.rpartition(":")
         context = ssl.create_default_context(cafile=certs.ca)
         reader, writer = await asyncio.open_connection(host, int(port), ssl=context)

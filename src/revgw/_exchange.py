@@ -137,9 +137,10 @@ class Exchange:
         except BadUpstreamResponse as exc:
             self._fail(exc)
             return
-        if out:
-            self.caller.write(out)
         state = self.response.state
+        if out:
+            last = state is ResponseState.DONE and not self._caller_continues()
+            self.caller.write(out, last)  # ``last``: the caller's connection closes next
         if state is ResponseState.HEAD:
             return  # nothing yet, or a 1xx: still waiting for the final head
         self.state = ExchangeState.RECEIVING  # the deadline only holds while AWAITING
@@ -225,14 +226,18 @@ class Exchange:
             return
         head, response = self.head, self.response
         self.conn.release(response.reusable and request_done and head.version == "1.1")
-        keep_alive = (
+        self.caller.exchange_done(self, self._caller_continues())
+
+    def _caller_continues(self) -> bool:
+        """Whether the caller's connection stays open for its next request."""
+        head, response = self.head, self.response
+        return (
             head.keep_alive
             and response.keep_alive
-            and request_done
+            and self._request_done
             and not head.upgrade
             and response.caller_may_continue
         )
-        self.caller.exchange_done(self, keep_alive)
 
     def _fail(self, error: HTTPError, died: bool = False) -> None:
         """Before any byte reached the caller: retry or answer; after: cut the caller off.

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup
 
 from ._address import parse_address, peer_of
 from ._admin import AdminServer, gateway_routes, start_admin
-from ._caller import CallerConnection
+from ._caller import CallerConnection, cork_listeners
 from ._clock import tick_for
 from ._errors import ConfigError, TooManyConnections
 from ._http import TrustedProxies
@@ -88,6 +88,8 @@ class Gateway:
         self.trusted_proxies = TrustedProxies.of(self.settings.trusted_proxies)
         # What X-Forwarded-Proto tells the private server.
         self.public_scheme = "https" if self.settings.public_tls_cert else "http"
+        # Whether callers' sockets start corked (``cork_listeners``): set when the port opens.
+        self.callers_corked = False
         self._task_group: TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
         self._conn_count = 0
@@ -130,6 +132,8 @@ class Gateway:
                 port_name="tunnel port",
             )
             public = await _serve(loop, public_factory, settings.listen)
+            plain = not public_factory[1]  # no TLS options
+            self.callers_corked = plain and cork_listeners(public.sockets)
             self._public = (public, *public_factory)
             stack.push_async_callback(_close_server, public)
             tunnel = await _serve(loop, tunnel_factory, settings.tunnel_listen)
