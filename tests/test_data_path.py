@@ -558,6 +558,42 @@ async def test_pipelined_burst_with_bodies_answers_every_request_in_order(chain:
     assert bodies == expected
 
 
+async def test_an_answer_before_the_request_body_ends_keeps_the_connection(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """A server may answer before reading the body (an early 401 or 413, say).
+
+    That answer does not say ``Connection: close``, so the caller may send its
+    next request on the same connection: it must be answered. The rest of the
+    first body goes nowhere (the server has answered it), and the tunnel
+    connection that carried half a body is not used again.
+    """
+    recorder = Recorder()  # answers each head at once, without reading a body
+    async with (
+        private_server(recorder) as target,
+        make_gateway() as gw,
+        make_client(gw, target=target),
+    ):
+        conn = await Connection.open(gw.address)
+        try:
+            with anyio.fail_after(5):
+                await conn.send(
+                    b"POST /upload HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\n\r\n"
+                )
+                early = await conn.read_response()
+                await conn.send(b"hello")
+                after = await conn.request("GET", "/next")
+        finally:
+            await conn.close()
+    assert (early.status, early.body, early.header("connection")) == (200, b"ok", None)
+    assert (after.status, after.body) == (200, b"ok")
+    assert [head.split(b" ")[:2] for head in recorder.heads] == [
+        [b"POST", b"/upload"],
+        [b"GET", b"/next"],
+    ]
+    assert b"hello" not in recorder.received
+
+
 # --- X-Forwarded-* as the private server sees them ---------------------------------------
 
 

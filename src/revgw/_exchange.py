@@ -229,12 +229,17 @@ class Exchange:
         self.caller.exchange_done(self, self._caller_continues())
 
     def _caller_continues(self) -> bool:
-        """Whether the caller's connection stays open for its next request."""
+        """Whether the caller's connection stays open for its next request.
+
+        Even when the response ended before the request did (a server may
+        answer an upload early, with a 401 or a 413): that answer did not say
+        ``Connection: close``, so the caller may send its next request. The
+        rest of the body is read and dropped (``CallerConnection._pump``).
+        """
         head, response = self.head, self.response
         return (
             head.keep_alive
             and response.keep_alive
-            and self._request_done
             and not head.upgrade
             and response.caller_may_continue
         )
