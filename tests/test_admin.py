@@ -16,6 +16,7 @@ from conftest import ClientFactory, GatewayFactory
 from helpers import Connection, get
 from revgw import Client, Gateway
 from revgw._errors import ConfigError
+from revgw._metrics import Histogram
 from revgw._settings import ClientSettings, GatewaySettings
 
 
@@ -131,6 +132,20 @@ async def test_metrics_change_after_requests(chain: Gateway) -> None:
     assert after[("revgw_upstream_latency_seconds_count", tunnel)] == 4
     assert after[("revgw_upstream_latency_seconds_sum", tunnel)] > 0
     assert after[("revgw_upstream_latency_seconds_bucket", (("le", "+Inf"), *tunnel))] == 4
+
+
+def test_histogram_buckets_are_upper_bounds_inclusive() -> None:
+    """Prometheus ``le``: a value equal to a bucket's bound counts in that bucket."""
+    histogram = Histogram()
+    for value in (0.0, 0.0005, 0.001, 0.0011, 0.25, 60.0, 61.0):
+        histogram.observe(value)
+    cumulative = dict(histogram.cumulative())
+    assert cumulative["0.001"] == 3
+    assert cumulative["0.0025"] == 4
+    assert cumulative["0.25"] == 5
+    assert cumulative["60.0"] == 6
+    assert cumulative["+Inf"] == 7
+    assert histogram.sum == pytest.approx(121.2526)
 
 
 async def test_requests_the_gateway_answers_itself_are_counted(
