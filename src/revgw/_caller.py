@@ -82,6 +82,14 @@ def cork_listeners(listeners: Sequence[socket.socket]) -> bool:
     return True
 
 
+def uncork(transport: asyncio.BaseTransport) -> None:
+    """Let a corked socket send what it holds, and hold nothing more."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and TCP_CORK is not None:
+        with contextlib.suppress(OSError):  # a reset socket: nothing to send anyway
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 0)
+
+
 class CallerState(enum.Enum):
     READING = "reading"
     WAITING = "waiting"
@@ -394,10 +402,7 @@ class CallerConnection(asyncio.Protocol):
             return
         if self._corked and not last:
             self._corked = False
-            sock = transport.get_extra_info("socket")
-            if sock is not None and TCP_CORK is not None:
-                with contextlib.suppress(OSError):  # a reset socket: nothing to send anyway
-                    sock.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 0)
+            uncork(transport)
         transport.write(data)
 
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
