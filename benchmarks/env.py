@@ -126,6 +126,25 @@ def loop_name(choice: str) -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") else "asyncio (uvloop not installed)"
 
 
+CONNTRACK_STATS = Path("/proc/net/stat/nf_conntrack")
+
+
+def conntrack_drops(stats: Path = CONNTRACK_STATS) -> int | None:
+    """Packets the kernel's connection tracking has dropped since boot; None if it is not loaded.
+
+    Docker's firewall rules load it. Each closed connection keeps an entry for
+    two minutes, so fresh-connection load can fill its table; then SYNs are
+    dropped, a connection waits a second to retry, and a round reads far too
+    low. The report says so when it happened during the run.
+    """
+    try:
+        header, *per_cpu = stats.read_text().splitlines()
+    except OSError:
+        return None
+    column = header.split().index("drop")
+    return sum(int(line.split()[column], 16) for line in per_cpu if line.strip())
+
+
 def machine(loop: str) -> dict[str, object]:
     return {
         "cores": len(os.sched_getaffinity(0)),

@@ -272,6 +272,16 @@ def _verdict(figure: Figure, judged: bool) -> str:
     return {True: "PASS", False: "**FAIL**", None: "n/a"}[figure.passed]
 
 
+def _conntrack_warning(drops: int | None) -> list[str]:
+    """A line for the report when the kernel dropped packets for want of room to track them."""
+    if not drops:
+        return []
+    return [
+        f"- **the kernel's connection tracking dropped {drops:,} packets during this run** "
+        "(its table was full: `nf_conntrack_max`); a round may read far too low"
+    ]
+
+
 def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
     m, s = result["machine"], result["setup"]
     judged = result["mode"] == "full"
@@ -288,6 +298,7 @@ def markdown(result: dict[str, Any], figs: list[Figure]) -> str:
         f"revgw {m['revgw_commit']}, {m.get('revgw_build', 'build not recorded')}; "
         f"load average {m['load_average_1min_at_start']:.2f} at start",
         f"- private server: {s['server']} on loopback; load: {s['load']}",
+        *_conntrack_warning(m.get("conntrack_drops")),
         (
             f"- {s['rounds']} round{'s' if s['rounds'] > 1 else ''}, each direct then tunnel; "
             f"{s['duration_s']:g} s per load run; figures are medians of the rounds unless marked"

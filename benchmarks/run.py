@@ -286,6 +286,7 @@ def run(config: Config) -> dict[str, Any]:
     """Measure everything; the result is what latest.json holds (report.py renders it)."""
     started = time.monotonic()
     load_before = os.getloadavg()[0]
+    drops_before = env.conntrack_drops()
     fd_limit = procs.raise_fd_limit()
     idle_only = config.only == "idle"
     with tempfile.TemporaryDirectory(prefix="revgw-bench-") as tmp:
@@ -306,6 +307,7 @@ def run(config: Config) -> dict[str, Any]:
             server.check_alive()
         finally:
             server.stop()
+    drops_after = env.conntrack_drops()
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": "smoke" if config.smoke else "full",
@@ -313,6 +315,10 @@ def run(config: Config) -> dict[str, Any]:
             **env.machine(config.loop),
             "revgw_build": build,
             "load_average_1min_at_start": load_before,
+            # None: no connection tracking in the kernel (see env.conntrack_drops)
+            "conntrack_drops": (
+                None if drops_before is None or drops_after is None else drops_after - drops_before
+            ),
         },
         "setup": {
             "server": server_description(runner.server_kind, nginx),

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import env, report
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -31,7 +33,7 @@ def test_smoke_run_writes_markdown_and_json(tmp_path: Path) -> None:
         assert key in result, key
     assert result["mode"] == "smoke"
     assert result["errors"] == []
-    for key in ("cores", "cpu", "python", "loop", "revgw_commit"):
+    for key in ("cores", "cpu", "python", "loop", "revgw_commit", "conntrack_drops"):
         assert key in result["machine"], key
 
     (only_round,) = result["rounds"]
@@ -62,3 +64,22 @@ def test_hot_path_harness_runs_the_gateways_own_code() -> None:
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["keep-alive", "fresh connection"]
     assert all(line.endswith("us of the gateway's Python per request") for line in lines)
+
+
+# /proc/net/stat/nf_conntrack: a header, then one hex row per CPU (most columns left out here).
+CONNTRACK_STATS = """\
+entries  clashres found new invalid insert_failed drop early_drop icmp_error
+0001e255 00000000 00000000 00000000 00000004 00000000 00000069 00000000 00000000
+0001e255 00000000 00000000 00000000 00000000 00000000 0000003f 00000000 00000000
+"""
+
+
+def test_conntrack_drops_are_counted_and_reported(tmp_path: Path) -> None:
+    """A full connection-tracking table drops SYNs: the report must say so, not just read low."""
+    stats = tmp_path / "nf_conntrack"
+    stats.write_text(CONNTRACK_STATS)
+    assert env.conntrack_drops(stats) == 0x69 + 0x3F
+    assert env.conntrack_drops(tmp_path / "absent") is None  # not loaded: nothing to say
+    (line,) = report._conntrack_warning(168)
+    assert "connection tracking dropped 168 packets during this run" in line
+    assert report._conntrack_warning(0) == report._conntrack_warning(None) == []
