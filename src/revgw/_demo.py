@@ -93,4 +93,3 @@ async def run_demo(settings: DemoSettings) -> int:
             out=log_producer.info,
             report=lambda text: log_producer.info("summary: %s", text),
         )
-    return 1  # not reached: the stack only exits by returning above or raising
