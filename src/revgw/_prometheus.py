@@ -1,9 +1,11 @@
 """The admin listener's ``/metrics``: the counters of _metrics.py as Prometheus families.
 
 Imported at the first scrape, not before: prometheus_client costs each
-process about 5 MiB, which a gateway or client that is never scraped does
-not pay. Each gateway and client has its own CollectorRegistry, so several of
-them in one process (the tests, ``revgw demo``) never collide.
+process about 2 MiB of RSS (measured here: 1.6 MiB importing it and scraping
+once; peak RSS of the benchmark's gateway + client fell 5 MiB), which a
+gateway or client that is never scraped does not pay. Each gateway and
+client has its own CollectorRegistry, so several of them in one process (the
+tests, ``revgw demo``) never collide.
 """
 
 from __future__ import annotations
