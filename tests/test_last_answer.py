@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 import pytest
+from benchmarks.hotpath import pooled_connection
 
 from helpers import Connection, split
 from revgw._caller import CallerConnection
 from revgw._gateway import Gateway
-from revgw._tunnel_conn import TunnelConnection, TunnelState
+from revgw._tunnel_conn import TunnelConnection
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
 
@@ -101,14 +102,8 @@ def unstarted() -> Gateway:
 
 @pytest.fixture
 def pooled(unstarted: Gateway) -> TunnelConnection:
-    """One tunnel connection in the default tunnel's pool, as after a handshake."""
-    conn = TunnelConnection(unstarted, 1)
-    conn.connection_made(RecordingTransport(conn))  # type: ignore[arg-type]
-    tunnel = unstarted.registry.claim("default", ())
-    conn.tunnel, conn.client = tunnel, "test"
-    tunnel.join(conn, "test")
-    conn._move(TunnelState.IDLE, 5)  # (private: standing in for the handshake)
-    return conn
+    """One tunnel connection in the default tunnel's pool, as the hot-path harness makes it."""
+    return pooled_connection(unstarted)
 
 
 def caller_of(gateway: Gateway) -> tuple[CallerConnection, RecordingTransport]:
