@@ -213,7 +213,7 @@ class CallerConnection(asyncio.Protocol):
         self._move(CallerState.CLOSED)
         self._reader.close()
         self.gateway.callers.discard(self)
-        self.gateway.connection_gone()
+        self.gateway.caller_moved_on()
         if self._wait_scope is not None:
             self._wait_scope.cancel()
         exchange, self.exchange = self.exchange, None
@@ -302,7 +302,7 @@ class CallerConnection(asyncio.Protocol):
         self._tunnel_name = ""
         if not self._had_request:
             self._had_request = True
-            self.gateway.first_request_came()
+            self.gateway.caller_moved_on()
         try:
             tunnel = self.gateway.registry.route(head.host)
             self._tunnel_name = tunnel.name
@@ -435,7 +435,7 @@ class CallerConnection(asyncio.Protocol):
         def closed(splice: Splice) -> None:
             gateway.splices.discard(splice)
             conn.splice_closed()
-            gateway.connection_gone()
+            gateway.caller_moved_on()
 
         splice = Splice(on_closed=closed)
         gateway.splices.add(splice)

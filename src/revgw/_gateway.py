@@ -230,13 +230,9 @@ class Gateway:
             log.warning("grace of %g s over: cutting %d connection(s) still in flight", grace, left)
         self._close_connections()
 
-    def connection_gone(self) -> None:
-        """A caller or splice ended: a drain may be waiting for the last one."""
-        if self.draining:
-            self._quieter.set()
-
-    def first_request_came(self) -> None:
-        """A caller sent its first request: a drain may be waiting for that."""
+    def caller_moved_on(self) -> None:
+        """A caller or splice ended, or a caller sent its first request: a drain may be
+        waiting for that (``_until``)."""
         if self.draining:
             self._quieter.set()
 

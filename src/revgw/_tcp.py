@@ -210,7 +210,7 @@ class TcpCaller(asyncio.Protocol):
         def closed(splice: Splice) -> None:
             gateway.splices.discard(splice)
             conn.splice_closed()
-            gateway.connection_gone()
+            gateway.caller_moved_on()
 
         public = peer_of(self.transport.get_extra_info("sockname"))
         tunnel_transport = conn.detach()
