@@ -110,6 +110,30 @@ async def test_a_caller_that_has_not_sent_its_request_yet_is_answered(
             await drain
 
 
+async def test_a_caller_waiting_in_line_is_served_by_a_connection_that_comes_free(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """Waiting for a pooled connection when the drain starts: served, not 503.
+
+    The tunnel port is closed, so no new connection can come; the only one
+    that can serve the waiting caller is the busy one, when its answer ends.
+    Closing it then, as a draining gateway does with a finished connection,
+    took the tunnel offline under the waiting caller: 503 tunnel-offline.
+    """
+    async with make_gateway(max_conns_per_client=1) as gw, make_client(gw, pool=1):
+        (busy,) = await open_slow(gw.address, 1, "/slow?ms=500")
+        await until(lambda: any(c.state is CallerState.FORWARDING for c in gw.callers), "paired")
+        (waiting,) = await open_slow(gw.address, 1, "/ping")
+        await until(lambda: any(c.state is CallerState.WAITING for c in gw.callers), "in line")
+        drain = asyncio.create_task(gw.drain(5))
+        first, second = await asyncio.gather(busy, waiting)
+        assert (first.status, first.body) == (200, b"slow")
+        assert (second.status, second.body) == (200, b"pong")
+        assert second.header("connection") == "close"
+        with anyio.fail_after(2):
+            await drain
+
+
 async def test_a_caller_still_in_the_accept_queue_is_answered(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:

@@ -350,7 +350,11 @@ class TunnelConnection(asyncio.Protocol):
         tunnel = self.tunnel
         client_draining = tunnel is not None and self.client in tunnel.draining_clients
         stopping = self.gateway.draining or client_draining
-        if reusable and self.gateway.settings.max_warm > 0 and not stopping:
+        # Stopping or not, a caller already waiting in line takes it (``offer``):
+        # during a drain no new connection comes, and closing this one could take
+        # the tunnel offline under that caller.
+        waited_for = tunnel is not None and tunnel.waiting_count > 0
+        if reusable and self.gateway.settings.max_warm > 0 and (waited_for or not stopping):
             self._move(TunnelState.WARM, self.gateway.settings.warm_timeout)
         else:
             self.close()
