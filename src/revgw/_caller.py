@@ -134,6 +134,7 @@ class CallerConnection(asyncio.Protocol):
         self._tunnel_name = ""  # the current request's tunnel, for the metrics
         self._log_requests = access_log.isEnabledFor(logging.INFO)  # set once, at start-up
         self._corked = gateway.callers_corked  # until the first answer that is not the last
+        gateway.arriving += 1  # until connection_made: the loop makes us first, tells us later
 
     @property
     def peer(self) -> str:
@@ -174,6 +175,8 @@ class CallerConnection(asyncio.Protocol):
         self._trusted = self._caller_ip in self.gateway.trusted_proxies
         refusal = self.gateway.caller_refused()
         self.gateway.callers.add(self)
+        self.gateway.arriving -= 1
+        self.gateway.caller_moved_on()
         if refusal is not None:
             # Answer before reading anything, then linger (as after any final
             # answer) so the caller's unread request cannot reset the 503 away.

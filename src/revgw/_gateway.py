@@ -71,6 +71,9 @@ class Gateway:
             self.settings.default_tunnel, self.settings.max_warm
         )
         self.callers: set[CallerConnection] = set()
+        # Callers the loop has made but not yet told of their connection
+        # (connection_made comes one callback later): a drain waits for them too.
+        self.arriving = 0
         self.tunnel_conns: set[TunnelConnection] = set()
         self.splices: set[Splice] = set()  # upgraded (e.g. WebSocket) connections
         self.auth_failures = AuthFailures(
@@ -221,7 +224,7 @@ class Gateway:
                 # The idle tunnel connections stay until every caller connected
                 # before the drain has sent its first request (or left: the
                 # header timeout bounds it): that request needs one of them.
-                await self._until(lambda: not any(c.awaiting_first_request for c in self.callers))
+                await self._until(lambda: not self._first_requests_to_come())
                 for conn in list(self.tunnel_conns):
                     conn.drain()
             await self._until(lambda: not (self.callers or self.splices))
@@ -230,9 +233,14 @@ class Gateway:
             log.warning("grace of %g s over: cutting %d connection(s) still in flight", grace, left)
         self._close_connections()
 
+    def _first_requests_to_come(self) -> bool:
+        """Some caller has not sent its first request: connected, or made by the loop
+        and not yet told (``arriving``)."""
+        return bool(self.arriving) or any(c.awaiting_first_request for c in self.callers)
+
     def caller_moved_on(self) -> None:
-        """A caller or splice ended, or a caller sent its first request: a drain may be
-        waiting for that (``_until``)."""
+        """A caller arrived, sent its first request or ended (or a splice did): a drain
+        may be waiting for that (``_until``)."""
         if self.draining:
             self._quieter.set()
 
