@@ -242,7 +242,13 @@ async def test_gateways_behind_haproxy_survive_a_drain_and_a_kill(
             await asyncio.gather(*list(load.tasks), return_exceptions=True)
 
         assert len(load.results) > 150
-        assert load.failures(until=killed) == [], "a drain must not fail any request"
+        # A request still in flight when gateway two is killed may fail with it (one
+        # started 0.7 ms before the kill did, in a loop of runs). A request takes about
+        # a millisecond here: one started 0.1 s before the kill has ended unless it
+        # hangs, and a hang still counts against the drain.
+        in_flight_at_kill = 0.1
+        drain_failures = load.failures(until=killed - in_flight_at_kill)
+        assert drain_failures == [], "a drain must not fail any request"
         late = load.failures(since=killed + 2.0)
         assert late == [], f"requests still failing 2 s after the kill: {late}"
         tail = [s for t, s in load.results if t >= killed + 2.0]
