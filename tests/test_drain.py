@@ -42,6 +42,16 @@ async def open_slow(address: str, count: int, target: str = SLOW) -> list[asynci
     return [asyncio.create_task(slow_request(c, target)) for c in conns]
 
 
+async def answered_with_close(conn: Connection, drain: asyncio.Task[None]) -> None:
+    """A request on ``conn`` during the drain gets pong, ``Connection: close``; the drain ends."""
+    response = await conn.request(target="/ping")
+    assert (response.status, response.body) == (200, b"pong")
+    assert response.header("connection") == "close"
+    await conn.close()
+    with anyio.fail_after(2):
+        await drain
+
+
 # --- sans-IO: the wire line ---------------------------------------------------------------------
 
 
@@ -102,12 +112,7 @@ async def test_a_caller_that_has_not_sent_its_request_yet_is_answered(
         await until(lambda: len(gw.callers) == 1, "the caller accepted")
         drain = asyncio.create_task(gw.drain(5))
         await until(lambda: gw.draining, "draining")
-        response = await conn.request(target="/ping")
-        assert (response.status, response.body) == (200, b"pong")
-        assert response.header("connection") == "close"
-        await conn.close()
-        with anyio.fail_after(2):
-            await drain
+        await answered_with_close(conn, drain)
 
 
 async def test_a_caller_waiting_in_line_is_served_by_a_connection_that_comes_free(
@@ -159,12 +164,7 @@ async def test_a_caller_accepted_just_before_the_drain_is_answered(
         await loop.connect_accepted_socket(lambda: caller, ours)
         reader, writer = await asyncio.open_connection(sock=theirs)
         conn = Connection(reader, writer)
-        response = await conn.request(target="/ping")
-        assert (response.status, response.body) == (200, b"pong")
-        assert response.header("connection") == "close"
-        await conn.close()
-        with anyio.fail_after(2):
-            await drain
+        await answered_with_close(conn, drain)
 
 
 async def test_a_caller_still_in_the_accept_queue_is_answered(
