@@ -27,6 +27,7 @@ from setuptools.command.build_ext import build_ext
 HOT_PATH = [
     "src/revgw/_http.py",
     "src/revgw/_caller.py",
+    "src/revgw/_public_port.py",
     "src/revgw/_exchange.py",
     "src/revgw/_tunnel_conn.py",
     "src/revgw/_pool.py",

@@ -139,34 +139,6 @@ async def test_a_caller_waiting_in_line_is_served_by_a_connection_that_comes_fre
             await drain
 
 
-async def test_a_caller_accepted_just_before_the_drain_is_answered(
-    make_gateway: GatewayFactory, make_client: ClientFactory
-) -> None:
-    """Accepted by the loop, but its ``connection_made`` still a callback away.
-
-    The loop makes a protocol when it accepts and tells it one callback later;
-    a drain that starts in between saw no such caller, sent the idle tunnel
-    connections away, and its request met an offline tunnel (HAProxy's drain
-    test: one 503 tunnel-offline in a few dozen runs). Here the test plays the
-    loop: it makes the protocol with the public port's factory, starts the
-    drain, then hands the protocol its accepted socket.
-    """
-    async with make_gateway() as gw, make_client(gw, pool=2):
-        assert gw._public is not None  # (private: the factory the loop calls on accept)
-        caller = gw._public[1]()
-        with socket.create_server(("127.0.0.1", 0)) as listener:
-            theirs = socket.create_connection(listener.getsockname())
-            ours, _ = listener.accept()
-        drain = asyncio.create_task(gw.drain(5))
-        await until(lambda: gw.draining, "draining")
-        await asyncio.sleep(0.1)  # let the drain go as far as it will before the caller is told
-        loop = asyncio.get_running_loop()
-        await loop.connect_accepted_socket(lambda: caller, ours)
-        reader, writer = await asyncio.open_connection(sock=theirs)
-        conn = Connection(reader, writer)
-        await answered_with_close(conn, drain)
-
-
 async def test_a_caller_still_in_the_accept_queue_is_answered(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:

@@ -132,9 +132,9 @@ class CallerConnection(asyncio.Protocol):
         self._caller_ip = ""
         self._trusted = False
         self._tunnel_name = ""  # the current request's tunnel, for the metrics
+        self._head: RequestHead | None = None  # the latest request's
         self._log_requests = access_log.isEnabledFor(logging.INFO)  # set once, at start-up
         self._corked = gateway.callers_corked  # until the first answer that is not the last
-        gateway.arriving += 1  # until connection_made: the loop makes us first, tells us later
 
     @property
     def peer(self) -> str:
@@ -175,7 +175,6 @@ class CallerConnection(asyncio.Protocol):
         self._trusted = self._caller_ip in self.gateway.trusted_proxies
         refusal = self.gateway.caller_refused()
         self.gateway.callers.add(self)
-        self.gateway.arriving -= 1
         self.gateway.caller_moved_on()
         if refusal is not None:
             # Answer before reading anything, then linger (as after any final
@@ -303,6 +302,7 @@ class CallerConnection(asyncio.Protocol):
     def _dispatch(self, head: RequestHead, attempt: int) -> None:
         started = time.monotonic()
         self._tunnel_name = ""
+        self._head = head
         if not self._had_request:
             self._had_request = True
             self.gateway.caller_moved_on()
@@ -451,6 +451,21 @@ class CallerConnection(asyncio.Protocol):
             transport.resume_reading()
         if self._caller_eof:  # read before the 101: the server must still learn of it
             splice.a.eof_received()
+
+    @property
+    def heard_all(self) -> bool:
+        """Nothing more to read: a whole request is in, and it asked to close after its answer.
+
+        The public port then need not watch the socket (``CallerSocket``).
+        """
+        head = self._head
+        return (
+            head is not None
+            and not head.keep_alive
+            and not head.upgrade
+            and self._reader.between_messages
+            and (not self._queue or all(isinstance(e, (Body, EndOfMessage)) for e in self._queue))
+        )
 
     @property
     def awaiting_first_request(self) -> bool:

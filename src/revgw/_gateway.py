@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from types import TracebackType
@@ -31,6 +31,7 @@ from ._http import TrustedProxies
 from ._limits import AuthFailures, BurstLog
 from ._metrics import GatewayStats
 from ._pool import Registry
+from ._public_port import PublicPort, open_listeners
 from ._settings import GatewaySettings
 from ._splice import Splice
 from ._tcp import TcpPorts
@@ -71,9 +72,6 @@ class Gateway:
             self.settings.default_tunnel, self.settings.max_warm
         )
         self.callers: set[CallerConnection] = set()
-        # Callers the loop has made but not yet told of their connection
-        # (connection_made comes one callback later): a drain waits for them too.
-        self.arriving = 0
         self.tunnel_conns: set[TunnelConnection] = set()
         self.splices: set[Splice] = set()  # upgraded (e.g. WebSocket) connections
         self.auth_failures = AuthFailures(
@@ -102,6 +100,7 @@ class Gateway:
         # The public port and how it makes callers: a drain takes its queue (_adopt).
         self._public: tuple[asyncio.Server, Callable[[], asyncio.Protocol], dict[str, Any]] | None
         self._public = None
+        self._plain_port: PublicPort | None = None  # the public port without TLS (_public_port.py)
 
     @property
     def task_group(self) -> TaskGroup:
@@ -134,14 +133,23 @@ class Gateway:
                 timeout=settings.handshake_timeout,
                 port_name="tunnel port",
             )
-            public = await _serve(loop, public_factory, settings.listen)
-            plain = not public_factory[1]  # no TLS options
-            self.callers_corked = plain and cork_listeners(public.sockets)
-            self._public = (public, *public_factory)
-            stack.push_async_callback(_close_server, public)
+            if public_factory[1]:  # HTTPS: the loop's transports from the first byte
+                public = await _serve(loop, public_factory, settings.listen)
+                self._public = (public, *public_factory)
+                stack.push_async_callback(_close_server, public)
+                self._servers.append(public)
+                public_sockets: list[Any] = list(public.sockets)
+            else:
+                port = self._plain_port = PublicPort(
+                    _listen(settings.listen), lambda: CallerConnection(self), self._spawn
+                )
+                stack.callback(port.close)
+                self.callers_corked = cork_listeners(port.listeners)
+                port.start()
+                public_sockets = list(port.listeners)
             tunnel = await _serve(loop, tunnel_factory, settings.tunnel_listen)
             stack.push_async_callback(_close_server, tunnel)
-            self._servers = [public, tunnel]
+            self._servers.append(tunnel)
             stack.callback(self._close_connections)
             self.admin = await start_admin(gateway_routes(self), settings.admin, "gateway")
             if self.admin is not None:
@@ -149,7 +157,7 @@ class Gateway:
         except BaseException:
             await stack.aclose()
             raise
-        self.address = peer_of(public.sockets[0].getsockname())
+        self.address = peer_of(public_sockets[0].getsockname())
         self.tunnel_address = peer_of(tunnel.sockets[0].getsockname())
         self._stack = stack
         log.info(
@@ -211,6 +219,9 @@ class Gateway:
                 # Connections the kernel completed but nobody accepted yet:
                 # closing the port would reset them, after a connect that worked.
                 queued = _accept_queued(self._public[0]) if self._public else []
+                if self._plain_port is not None:
+                    self._plain_port.accept_queued()
+                    self._plain_port.close()
                 for server in self._servers:
                     server.close()
                 self.tcp.close()
@@ -234,9 +245,12 @@ class Gateway:
         self._close_connections()
 
     def _first_requests_to_come(self) -> bool:
-        """Some caller has not sent its first request: connected, or made by the loop
-        and not yet told (``arriving``)."""
-        return bool(self.arriving) or any(c.awaiting_first_request for c in self.callers)
+        """Some caller has connected but not sent its first request.
+
+        Every caller is told of its connection when it is made (the public
+        port's accept, or the TLS hand-off), so ``callers`` holds them all.
+        """
+        return any(c.awaiting_first_request for c in self.callers)
 
     def caller_moved_on(self) -> None:
         """A caller arrived, sent its first request or ended (or a splice did): a drain
@@ -262,6 +276,10 @@ class Gateway:
             except OSError as exc:  # a TLS handshake that timed out included
                 log.info("draining: a queued caller could not be taken on (%s)", exc)
                 sock.close()
+
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` as a task of the gateway's (the public port's hand-overs)."""
+        self.task_group.start_soon(work)
 
     async def run(self) -> None:
         """Serve until cancelled (the CLI's way)."""
@@ -365,6 +383,15 @@ def _secured(
     context = server_context(cert, key, flag, alpn=["http/1.1"] if public else None)
     options = {"ssl": context, "ssl_handshake_timeout": timeout}
     return (lambda: TlsHandOff(factory, timeout, port_name)), options
+
+
+def _listen(address: str) -> list[socket.socket]:
+    """The plain public port's listening sockets (``PublicPort`` accepts on them itself)."""
+    host, port = parse_address(address)
+    try:
+        return open_listeners(host or None, port, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
 async def _serve(
