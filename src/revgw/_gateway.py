@@ -13,8 +13,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import replace
 from types import TracebackType
 from typing import Any
@@ -97,7 +97,7 @@ class Gateway:
         self.draining = False  # set by drain(): no new work, finish what is in flight
         self._servers: list[asyncio.Server] = []
         self._quieter = anyio.Event()  # set when a caller or splice goes, while draining
-        # The public port and how it makes callers: a drain takes its queue (_adopt).
+        # The HTTPS public port and how it makes callers: a drain takes its queue (_adopt).
         self._public: tuple[asyncio.Server, Callable[[], asyncio.Protocol], dict[str, Any]] | None
         self._public = None
         self._plain_port: PublicPort | None = None  # the public port without TLS (_public_port.py)
@@ -141,7 +141,9 @@ class Gateway:
                 public_sockets: list[Any] = list(public.sockets)
             else:
                 port = self._plain_port = PublicPort(
-                    _listen(settings.listen), lambda: CallerConnection(self), self._spawn
+                    _listen(settings.listen),
+                    lambda: CallerConnection(self),
+                    self._task_group.start_soon,
                 )
                 stack.callback(port.close)
                 self.callers_corked = cork_listeners(port.listeners)
@@ -277,10 +279,6 @@ class Gateway:
                 log.info("draining: a queued caller could not be taken on (%s)", exc)
                 sock.close()
 
-    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run ``work`` as a task of the gateway's (the public port's hand-overs)."""
-        self.task_group.start_soon(work)
-
     async def run(self) -> None:
         """Serve until cancelled (the CLI's way)."""
         async with self:
@@ -385,13 +383,23 @@ def _secured(
     return (lambda: TlsHandOff(factory, timeout, port_name)), options
 
 
-def _listen(address: str) -> list[socket.socket]:
-    """The plain public port's listening sockets (``PublicPort`` accepts on them itself)."""
+BACKLOG = 1024  # connections the kernel completes before an accept, per listening socket
+
+
+@contextmanager
+def _listening_on(address: str) -> Iterator[tuple[str | None, int]]:
+    """``address`` as (host, port) for a listen; a failure to listen is a ConfigError."""
     host, port = parse_address(address)
     try:
-        return open_listeners(host or None, port, backlog=1024)
+        yield host or None, port
     except OSError as exc:
         raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+
+
+def _listen(address: str) -> list[socket.socket]:
+    """The plain public port's listening sockets (``PublicPort`` accepts on them itself)."""
+    with _listening_on(address) as (host, port):
+        return open_listeners(host, port, BACKLOG)
 
 
 async def _serve(
@@ -400,11 +408,8 @@ async def _serve(
     address: str,
 ) -> asyncio.Server:
     factory, tls = secured
-    host, port = parse_address(address)
-    try:
-        return await loop.create_server(factory, host or None, port, backlog=1024, **tls)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+    with _listening_on(address) as (host, port):
+        return await loop.create_server(factory, host, port, backlog=BACKLOG, **tls)
 
 
 def _accept_queued(server: asyncio.Server) -> list[socket.socket]:

@@ -45,7 +45,7 @@ HIGH_WATER = 64 * 1024  # asyncio's default: stop the other side above this, whi
 ACCEPT_BATCH = 256  # accepts per wake-up, so one busy port cannot starve the loop
 ACCEPT_RETRY = 1.0  # out of file descriptors: accept again after this (asyncio's delay too)
 
-Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]  # a task group's start_soon
 
 
 _GONE = asyncio.Protocol()  # the protocol of a closed CallerSocket
@@ -72,14 +72,13 @@ class CallerSocket(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         fd: int,
         peer: object,
-        caller: CallerConnection,
+        protocol: asyncio.Protocol,
         spawn: Spawn,
     ) -> None:
         self._loop = loop
         self._fd = fd
         self._peer = peer
-        self._caller: CallerConnection | None = caller  # until it is told the connection is lost
-        self._protocol: asyncio.Protocol = caller  # a splice's end after an upgrade
+        self._protocol = protocol  # a splice's end after an upgrade; _GONE once lost
         self._spawn = spawn
         self.state = SocketState.RAW
         self._sock: socket.socket | None = None  # made only when something needs one
@@ -92,12 +91,11 @@ class CallerSocket(asyncio.Protocol):
         self._end_asked = ""  # "close" or "abort"
         self._paused_writing = False  # we told the protocol to pause
         self._loop_paused_writing = False  # the loop's transport did
-        self._lost_told = False
         self._limits: tuple[int | None, int | None] | None = None
 
     # --- the raw socket ----------------------------------------------------------------
 
-    def first_read(self) -> None:
+    def first_read(self, caller: CallerConnection) -> None:
         """Read what came with the connection; keep the socket only if nothing more is needed."""
         if self.state is SocketState.WATCHED:
             self._unwatch()
@@ -111,13 +109,11 @@ class CallerSocket(asyncio.Protocol):
             # than the loop's transport; a caller that stays silent meets the
             # header timeout as ever.
             self.state = SocketState.WATCHED
-            self._loop.add_reader(self._fd, self.first_read)
+            self._loop.add_reader(self._fd, self.first_read, caller)
             return
         except OSError as exc:  # reset already
             self._lose(exc)
             return
-        caller = self._caller
-        assert caller is not None  # (dropped only once the connection is lost)
         if data:
             caller.data_received(data)
         elif not caller.eof_received():
@@ -206,10 +202,8 @@ class CallerSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = SocketState.CLOSED
-        if not self._lost_told:  # once, whichever of us and the loop's transport says it
-            self._lost_told = True
+        if self._protocol is not _GONE:  # once, whichever of us and the loop's transport says it
             protocol, self._protocol = self._protocol, _GONE  # no cycle left for the GC
-            self._caller = None
             protocol.connection_lost(exc)
 
     # --- asyncio.Transport, for the protocol -------------------------------------------
@@ -353,7 +347,7 @@ class PublicPort:
             transport = CallerSocket(loop, fd, peer, caller, self._spawn)
             try:
                 caller.connection_made(transport)  # type: ignore[arg-type]  # a transport in all but name
-                transport.first_read()
+                transport.first_read(caller)
             except Exception:  # a bug: lose this connection, not the port
                 log.exception("caller %s: unexpected error", peer)
                 transport.abort()
