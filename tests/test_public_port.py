@@ -8,6 +8,7 @@ point of the port (a sixth of the gateway's CPU per fresh connection).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -23,7 +24,7 @@ from helpers import Connection
 from revgw import Gateway
 from revgw import _public_port as public_port
 from revgw._caller import CallerConnection, CallerState
-from revgw._public_port import CallerSocket, PublicPort, SocketState
+from revgw._public_port import CallerSocket, FirstBytes, PublicPort, SocketState
 from test_data_path import download_digest, expected_bytes_digest, raw_connection
 
 
@@ -94,15 +95,63 @@ async def test_a_keep_alive_caller_is_handed_to_the_loop_and_served_again(
             await conn.close()
 
 
+@pytest.fixture(params=["epoll", "add_reader"])
+def watching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Silent callers watched in the port's own epoll set (Linux), or by the loop (elsewhere)."""
+    if request.param == "add_reader":
+        monkeypatch.setattr(public_port, "EPOLL", None)
+    elif public_port.EPOLL is None:
+        pytest.skip("no epoll here")
+    return str(request.param)
+
+
+def first_bytes(gw: Gateway) -> FirstBytes:
+    port = gw._plain_port
+    assert port is not None and port.first_bytes is not None
+    return port.first_bytes
+
+
 async def test_a_caller_whose_request_comes_late_is_watched_then_served(
-    make_gateway: GatewayFactory, make_client: ClientFactory
+    make_gateway: GatewayFactory, make_client: ClientFactory, watching: str
 ) -> None:
     async with gateway_and_caller(make_gateway, make_client) as (gw, reader, writer):
         await until(lambda: len(gw.callers) == 1, "accepted")
         assert the_caller(gw).state is SocketState.WATCHED
         writer.write(closing_get(b"/ping"))
         answer = await read_to_close(reader)
+        assert len(first_bytes(gw)) == 0
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"pong")
+
+
+async def test_many_silent_callers_are_watched_together_and_each_served(
+    make_gateway: GatewayFactory, make_client: ClientFactory, watching: str
+) -> None:
+    async with make_gateway() as gw, make_client(gw, pool=4), contextlib.AsyncExitStack() as stack:
+        callers = [await stack.enter_async_context(raw_connection(gw.address)) for _ in range(20)]
+        await until(lambda: len(first_bytes(gw)) == 20, "all twenty watched")
+        for number, (_, writer) in enumerate(callers):
+            writer.write(closing_get(b"/bytes/%d" % number))
+        answers = [await read_to_close(reader) for reader, _ in callers]
+        assert len(first_bytes(gw)) == 0
+    for number, answer in enumerate(answers):  # each its own answer: N bytes for /bytes/N
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and len(body) == number
+
+
+async def test_a_silent_caller_closed_while_watched_leaves_no_watch_behind(
+    make_gateway: GatewayFactory, make_client: ClientFactory, watching: str
+) -> None:
+    """The next socket may get the same descriptor: it must see its own bytes, not a stale watch."""
+    async with make_gateway(header_timeout=0.2) as gw, make_client(gw, pool=1):
+        async with raw_connection(gw.address) as (reader, _):
+            await until(lambda: len(first_bytes(gw)) == 1, "watched")
+            assert await read_to_close(reader) == b""  # the header timeout closed it
+        assert len(first_bytes(gw)) == 0
+        for _ in range(3):
+            async with raw_connection(gw.address) as (reader, writer):
+                await until(lambda: len(first_bytes(gw)) == 1, "watched")
+                writer.write(closing_get(b"/ping"))
+                assert (await read_to_close(reader)).endswith(b"\r\n\r\npong")
 
 
 async def test_a_request_in_pieces_is_read_by_the_loop(

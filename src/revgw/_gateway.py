@@ -223,7 +223,7 @@ class Gateway:
                 queued = _accept_queued(self._public[0]) if self._public else []
                 if self._plain_port is not None:
                     self._plain_port.accept_queued()
-                    self._plain_port.close()
+                    self._plain_port.stop_accepting()
                 for server in self._servers:
                     server.close()
                 self.tcp.close()
