@@ -1111,13 +1111,14 @@ FAST_PATH_HEADS = [
     GET,
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nconnection: Keep-Alive\r\nAccept: */*\r\n\r\n",
-    b"GET / HTTP/1.1\r\nConnection: close\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
     b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
     b"GET / HTTP/1.0\r\n\r\n",
     b"GET /x HTTP/1.1\r\nHost: [::1]:9000\r\nUser-Agent: curl/8\r\nX-2: 1\r\nX-2: 2\r\n\r\n",
     b"DELETE /item/7 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
 ]
 SLOW_PATH_HEADS = [
+    # Two Connection lines: rare, so the fast way cuts one only.
+    b"GET / HTTP/1.1\r\nConnection: close\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nKeep-Alive: timeout=5\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
@@ -1171,12 +1172,22 @@ def test_head_not_alone_in_one_read_has_no_raw_bytes(pieces: list[bytes]) -> Non
         assert head.raw is None
 
 
-def test_connection_lines_are_cut_from_raw_bytes_only() -> None:
-    head = one_request(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAccept: */*\r\n\r\n")
+@pytest.mark.parametrize(
+    "line", [b"Connection: close", b"connection:close", b"CONNECTION:  Keep-Alive"]
+)
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_connection_lines_are_cut_from_raw_bytes_only(line: bytes, where: str) -> None:
+    lines = [b"Host: a", b"Accept: */*", b"X-Connection: kept"]
+    lines.insert({"first": 0, "middle": 1, "last": 3}[where], line)
+    head = one_request(b"GET / HTTP/1.1\r\n" + b"\r\n".join(lines) + b"\r\n\r\n")
+    assert head.raw is not None
     out = render_request_head(head, "203.0.113.9")
     assert header(out, b"connection") == []
     assert header(out, b"accept") == [b"*/*"]
-    assert header(head, b"connection") == [b"close"]  # the parsed head keeps what came
+    assert header(out, b"x-connection") == [b"kept"]
+    assert out == general_render(head, "203.0.113.9")
+    # The parsed head keeps what came.
+    assert header(head, b"connection") == [line.partition(b":")[2].strip()]
 
 
 def test_one_reader_frames_a_series_of_responses() -> None:
