@@ -143,6 +143,15 @@ class CallerConnection(asyncio.Protocol):
             self._peer = peer_of(self._peername)
         return self._peer
 
+    def _moved_on(self) -> None:
+        """Tell a draining gateway that this caller arrived, sent its first request or ended.
+
+        Checked here first: the gateway is not compiled, and a call into it
+        costs more than the check, three times per fresh connection.
+        """
+        if self.gateway.draining:
+            self.gateway.caller_moved_on()
+
     # --- the one place the state changes --------------------------------------------
 
     def _move(self, state: CallerState, timeout: float | None = None) -> None:
@@ -175,7 +184,7 @@ class CallerConnection(asyncio.Protocol):
         self._trusted = self._caller_ip in self.gateway.trusted_proxies
         refusal = self.gateway.caller_refused()
         self.gateway.callers.add(self)
-        self.gateway.caller_moved_on()
+        self._moved_on()
         if refusal is not None:
             # Answer before reading anything, then linger (as after any final
             # answer) so the caller's unread request cannot reset the 503 away.
@@ -215,7 +224,7 @@ class CallerConnection(asyncio.Protocol):
         self._move(CallerState.CLOSED)
         self._reader.close()
         self.gateway.callers.discard(self)
-        self.gateway.caller_moved_on()
+        self._moved_on()
         if self._wait_scope is not None:
             self._wait_scope.cancel()
         exchange, self.exchange = self.exchange, None
@@ -305,7 +314,7 @@ class CallerConnection(asyncio.Protocol):
         self._head = head
         if not self._had_request:
             self._had_request = True
-            self.gateway.caller_moved_on()
+            self._moved_on()
         try:
             tunnel = self.gateway.registry.route(head.host)
             self._tunnel_name = tunnel.name

@@ -8,6 +8,7 @@ exactly the time of that request and its response.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -142,7 +143,7 @@ class Gateway:
             else:
                 port = self._plain_port = PublicPort(
                     _listen(settings.listen),
-                    lambda: CallerConnection(self),
+                    functools.partial(CallerConnection, self),  # (a lambda would be interpreted)
                     self._task_group.start_soon,
                 )
                 stack.callback(port.close)
