@@ -556,10 +556,11 @@ class CallerConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._paused.clear()
-        self._move(CallerState.CLOSING, LINGER)
         if nothing_pending or self._caller_eof or not transport.can_write_eof():
+            self._move(CallerState.CLOSING)  # closed now: the loop reports it lost next
             transport.close()
             return
+        self._move(CallerState.CLOSING, LINGER)
         transport.write_eof()
         transport.resume_reading()
 

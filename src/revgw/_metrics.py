@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from ._gateway import Gateway
 
 # Seconds: from a warm connection's millisecond to --upstream-timeout's minute.
-BUCKETS: Final = (
+# (Typed as a tuple of any length: mypyc would keep a fixed one as 15 C doubles
+# and box them all into a new tuple for every loop over it.)
+BUCKETS: Final[tuple[float, ...]] = (
     0.001,
     0.0025,
     0.005,
