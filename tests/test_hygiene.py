@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import ClientFactory, GatewayFactory
 from helpers import Connection, Recorder, get, private_server
@@ -176,6 +178,35 @@ def test_own_checks_hold_even_with_a_lenient_parser(data: bytes, says: str) -> N
     reader._parser.set_dangerous_leniencies(**dict.fromkeys(LENIENCIES, True))
     with pytest.raises(BadRequest, match=says):
         reader.feed(data)
+
+
+# Header lines as a careless or hostile caller might write them.
+NAME_BYTES = bytes.maketrans(bytes(range(256)), (b"Ab-_ :\t\x00\r\n" * 26)[:256])
+VALUE_BYTES = bytes.maketrans(bytes(range(256)), (b"ab ,\t\x00\r\n\x7f\xff" * 26)[:256])
+RISKY_NAME = st.binary(max_size=8).map(lambda b: b.translate(NAME_BYTES)) | st.sampled_from(
+    [b"Host", b"X-A", b"X A", b" X", b"X:", b""]
+)
+RISKY_VALUE = st.binary(max_size=8).map(lambda b: b.translate(VALUE_BYTES))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(RISKY_NAME, RISKY_VALUE), max_size=5))
+def test_no_head_gets_out_with_a_header_the_check_refuses(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Behind a parser that lets everything by, no head gets out with a header
+    that ``check_headers`` refuses."""
+    lines = b"".join(n + b":" + v + b"\r\n" for n, v in headers)
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + lines + b"\r\n"
+    reader = RequestReader()
+    reader._parser.set_dangerous_leniencies(**dict.fromkeys(LENIENCIES, True))
+    try:
+        events = reader.feed(data)
+    except HTTPError:
+        return
+    for event in events:
+        if isinstance(event, RequestHead):
+            check_headers(event.headers)  # raises if one got through unchecked
 
 
 @pytest.mark.parametrize(
