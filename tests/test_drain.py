@@ -139,6 +139,37 @@ async def test_a_caller_waiting_in_line_is_served_by_a_connection_that_comes_fre
             await drain
 
 
+async def test_a_caller_the_kernel_still_holds_is_answered(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """Connected, but held by the kernel until its first bytes (TCP_DEFER_ACCEPT): served.
+
+    The gateway has not accepted it when the drain starts; the port stays
+    open for it instead of resetting it when its request comes.
+    """
+    async with make_gateway() as gw, make_client(gw, pool=2):
+        conn = await Connection.open(gw.address)
+        drain = asyncio.create_task(gw.drain(5))
+        await until(lambda: gw.draining, "draining")
+        assert not gw.callers  # still the kernel's
+        await answered_with_close(conn, drain)
+
+
+async def test_a_caller_the_kernel_holds_and_that_stays_silent_is_taken_on(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """The kernel hands it over within a second of the drain; its late request is served."""
+    async with make_gateway() as gw, make_client(gw, pool=2):
+        conn = await Connection.open(gw.address)
+        started = time.monotonic()
+        drain = asyncio.create_task(gw.drain(5))
+        await until(lambda: gw.callers, "the kernel handed it over")
+        assert time.monotonic() - started < 2.0
+        await answered_with_close(conn, drain)
+        with pytest.raises(ConnectionRefusedError):  # and the port closed after
+            await Connection.open(gw.address)
+
+
 async def test_a_caller_still_in_the_accept_queue_is_answered(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:

@@ -97,7 +97,12 @@ async def test_a_keep_alive_caller_is_handed_to_the_loop_and_served_again(
 
 @pytest.fixture(params=["epoll", "add_reader"])
 def watching(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Silent callers watched in the port's own epoll set (Linux), or by the loop (elsewhere)."""
+    """Silent callers watched in the port's own epoll set (Linux), or by the loop (elsewhere).
+
+    The kernel does not hold them first (no TCP_DEFER_ACCEPT), as elsewhere
+    than Linux: the gateway accepts them at once, before their request.
+    """
+    monkeypatch.setattr(public_port, "DEFER_SECONDS", 0)
     if request.param == "add_reader":
         monkeypatch.setattr(public_port, "EPOLL", None)
     elif public_port.EPOLL is None:
@@ -111,16 +116,45 @@ def first_bytes(gw: Gateway) -> FirstBytes:
     return port.first_bytes
 
 
+async def served_when_it_speaks(
+    gw: Gateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """The one silent caller is accepted and watched; its late request is answered."""
+    await until(lambda: len(gw.callers) == 1, "accepted")
+    assert the_caller(gw).state is SocketState.WATCHED
+    writer.write(closing_get(b"/ping"))
+    answer = await read_to_close(reader)
+    assert len(first_bytes(gw)) == 0
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"pong")
+
+
+async def test_the_kernel_holds_a_caller_until_its_request_comes(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """TCP_DEFER_ACCEPT: accepted with its request there, so it is never watched."""
+    if public_port.TCP_DEFER_ACCEPT is None:
+        pytest.skip("no TCP_DEFER_ACCEPT here")
+    async with gateway_and_caller(make_gateway, make_client) as (gw, reader, writer):
+        await anyio.sleep(0.3)  # (showing that nothing happens: no event to wait for)
+        assert not gw.callers
+        writer.write(closing_get(b"/ping"))
+        answer = await read_to_close(reader)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"pong")
+
+
+async def test_a_caller_silent_for_a_second_is_accepted_and_watched(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """The kernel holds it one second at most; then it is ours, and its header timeout runs."""
+    async with gateway_and_caller(make_gateway, make_client) as (gw, reader, writer):
+        await served_when_it_speaks(gw, reader, writer)
+
+
 async def test_a_caller_whose_request_comes_late_is_watched_then_served(
     make_gateway: GatewayFactory, make_client: ClientFactory, watching: str
 ) -> None:
     async with gateway_and_caller(make_gateway, make_client) as (gw, reader, writer):
-        await until(lambda: len(gw.callers) == 1, "accepted")
-        assert the_caller(gw).state is SocketState.WATCHED
-        writer.write(closing_get(b"/ping"))
-        answer = await read_to_close(reader)
-        assert len(first_bytes(gw)) == 0
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"pong")
+        await served_when_it_speaks(gw, reader, writer)
 
 
 async def test_many_silent_callers_are_watched_together_and_each_served(
@@ -207,6 +241,7 @@ async def test_accepting_backs_off_when_out_of_file_descriptors(
 ) -> None:
     """One line, a pause, then accepting again: never a busy loop on a full fd table."""
     monkeypatch.setattr(public_port, "ACCEPT_RETRY", 0.05)
+    monkeypatch.setattr(public_port, "DEFER_SECONDS", 0)  # accept the connect at once
     attempts = 0
 
     class Exhausted(socket.socket):

@@ -222,12 +222,11 @@ class Gateway:
                 # Connections the kernel completed but nobody accepted yet:
                 # closing the port would reset them, after a connect that worked.
                 queued = _accept_queued(self._public[0]) if self._public else []
-                if self._plain_port is not None:
-                    self._plain_port.accept_queued()
-                    self._plain_port.stop_accepting()
                 for server in self._servers:
                     server.close()
                 self.tcp.close()
+                if self._plain_port is not None:
+                    await self._plain_port.stop_accepting()
                 await self._adopt(queued)
                 busy = len(self.callers) + len(self.splices)
                 log.info(

@@ -39,6 +39,9 @@ import socket
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
+import anyio.to_thread
+
 if TYPE_CHECKING:
     from ._caller import CallerConnection
 
@@ -48,6 +51,16 @@ READ_SIZE = 64 * 1024  # what the loop's transports read at most, too
 HIGH_WATER = 64 * 1024  # asyncio's default: stop the other side above this, while promoting
 ACCEPT_BATCH = 256  # accepts per wake-up, so one busy port cannot starve the loop
 ACCEPT_RETRY = 1.0  # out of file descriptors: accept again after this (asyncio's delay too)
+# Linux: the kernel keeps a new connection until its first bytes come (at most
+# this many seconds), so the port accepts callers with their request already
+# there. Without it, a third of fresh callers in ``make bench`` were accepted
+# before their request, and each cost a wake-up and a watch more.
+TCP_DEFER_ACCEPT: int | None = getattr(socket, "TCP_DEFER_ACCEPT", None)
+DEFER_SECONDS = 1
+# A drain keeps the port open this long at most for connections the kernel
+# still holds: it hands each over when it re-sends its SYN-ACK, after 1 s.
+HAND_OVER_WAIT = 1.5
+HAND_OVER_POLL = 0.05  # how often the drain looks (no event says the kernel let go)
 
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]  # a task group's start_soon
 # Linux's epoll, for ``FirstBytes``; elsewhere the loop's add_reader does its job.
@@ -396,10 +409,12 @@ class PublicPort:
         self._spawn = spawn
         self._loop: asyncio.AbstractEventLoop | None = None
         self.first_bytes: FirstBytes | None = None
+        self._deferring = False  # TCP_DEFER_ACCEPT is on: the kernel may hold callers
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.first_bytes = FirstBytes(self._loop)
+        self._deferring = _defer_accept(self.listeners, DEFER_SECONDS)
         for listener in self.listeners:
             self._loop.add_reader(listener.fileno(), self.accept, listener)
 
@@ -452,7 +467,32 @@ class PublicPort:
         if listener.fileno() >= 0 and self._loop is not None:
             self._loop.add_reader(listener.fileno(), self.accept, listener)
 
-    def stop_accepting(self) -> None:
+    async def stop_accepting(self) -> None:
+        """Close the listening sockets once every caller the kernel holds is ours.
+
+        A deferred connection has connected, as its caller sees it, but waits
+        in the kernel for its first bytes: closing the port would reset it when
+        they come (a load balancer connects, then sends). So deferring stops,
+        and the port stays open while the kernel holds any, at most
+        ``HAND_OVER_WAIT``. Callers that come meanwhile are taken on too, and
+        answered with ``Connection: close`` like every caller of a drain.
+        """
+        try:
+            if self._deferring:
+                self._deferring = False
+                _defer_accept(self.listeners, 0)
+                ports = frozenset(listener.getsockname()[1] for listener in self.listeners)
+                if _kernel_holds(ports):  # (at once: nothing held is the common case)
+                    with anyio.move_on_after(HAND_OVER_WAIT):
+                        await anyio.sleep(HAND_OVER_POLL)
+                        # (a thread: the tables list every socket, thousands under load)
+                        while await anyio.to_thread.run_sync(_kernel_holds, ports):  # noqa: ASYNC110 - no event for it
+                            await anyio.sleep(HAND_OVER_POLL)
+        finally:
+            self.accept_queued()
+            self._close_listeners()
+
+    def _close_listeners(self) -> None:
         """The kernel refuses new connections from now on; callers accepted are still served."""
         for listener in self.listeners:
             if listener.fileno() >= 0:
@@ -462,7 +502,7 @@ class PublicPort:
 
     def close(self) -> None:
         """Stop accepting, and stop watching (every caller is closed by now)."""
-        self.stop_accepting()
+        self._close_listeners()
         if self.first_bytes is not None:
             self.first_bytes.close()
 
@@ -472,6 +512,37 @@ def _stop_watching(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     compiled code checks what a call returns."""
     remove: Any = loop.remove_reader
     remove(fd)
+
+
+def _defer_accept(listeners: list[socket.socket], seconds: int) -> bool:
+    """Set TCP_DEFER_ACCEPT (0: off) on the listening sockets; True if it is on now."""
+    if TCP_DEFER_ACCEPT is None:
+        return False
+    done = False
+    for listener in listeners:
+        with contextlib.suppress(OSError):  # not TCP after all
+            listener.setsockopt(socket.IPPROTO_TCP, TCP_DEFER_ACCEPT, seconds)
+            done = True
+    return done and seconds > 0
+
+
+def _kernel_holds(ports: frozenset[int]) -> bool:
+    """Whether the kernel holds a connection to one of ``ports`` that is not ours yet.
+
+    Such connections are in SYN_RECV (state 03) in /proc/net/tcp and tcp6,
+    which list every socket of this network namespace; False without them.
+    """
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, "rb") as rows:
+                next(rows, None)  # the column names
+                for row in rows:
+                    fields = row.split(None, 4)
+                    if fields[3] == b"03" and int(fields[1].rpartition(b":")[2], 16) in ports:
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def open_listeners(host: str | None, port: int, backlog: int) -> list[socket.socket]:
