@@ -1055,6 +1055,27 @@ def valid_requests(draw: st.DrawFn) -> tuple[bytes, bytes, str, list[tuple[bytes
     return data, body, target, headers
 
 
+EMPTY_LINES = st.sampled_from([b"", b"\r\n", b"\r\n\r\n"])
+
+
+@PROPERTY
+@given(valid_requests(), EMPTY_LINES, EMPTY_LINES, cuts, st.booleans())
+def test_a_rendered_head_has_one_empty_line_its_last(
+    request: tuple[bytes, bytes, str, list[tuple[bytes, bytes]]],
+    before: bytes,
+    after: bytes,
+    cut: list[int],
+    whole: bool,
+) -> None:
+    """However it came (with empty lines before or after it), each head sent on ends
+    where the private server will see it end: nothing of ours after its empty line."""
+    data = before + request[0] + after
+    events = feed_pieces(RequestReader(), [data] if whole else split_at(data, cut))
+    for head in heads(events):
+        rendered = render_request_head(head, "203.0.113.9")
+        assert rendered.find(b"\r\n\r\n") == len(rendered) - 4, rendered
+
+
 @PROPERTY
 @given(valid_requests(), cuts, st.booleans())
 def test_valid_requests_parse_the_same_however_split(
@@ -1164,8 +1185,18 @@ def test_head_with_something_to_drop_or_keep_is_rendered_the_general_way(data: b
         [b"\r\n" + GET],  # an empty line before it
         [GET + GET],  # pipelined: two heads in one read
         [POST_CL],  # a body came with it
+        [GET + b"\r\n\r\n"],  # empty lines after it (its raw bytes once kept them)
+        [GET + b"\r\n"],
     ],
-    ids=["bytewise", "two-reads", "after-empty-line", "pipelined", "with-body"],
+    ids=[
+        "bytewise",
+        "two-reads",
+        "after-empty-line",
+        "pipelined",
+        "with-body",
+        "empty-lines-after",
+        "empty-line-after",
+    ],
 )
 def test_head_not_alone_in_one_read_has_no_raw_bytes(pieces: list[bytes]) -> None:
     for head in heads(read_requests(b"", pieces)):

@@ -414,6 +414,34 @@ E2E_SHAPES = [
 ]
 
 
+async def test_empty_lines_after_a_request_never_split_its_head(
+    make_gateway: GatewayFactory, make_client: ClientFactory
+) -> None:
+    """A request and empty lines in one read: the server gets one whole head, then the next.
+
+    The head passed on as it came once kept the empty lines, and the gateway's
+    X-Forwarded-* lines went after them: the private server read a second,
+    bogus request, whose answer would have waited in the pooled connection for
+    the next caller.
+    """
+    recorder = Recorder()
+    async with (
+        private_server(recorder) as target,
+        make_gateway() as gw,
+        make_client(gw, target=target, pool=1),
+    ):
+        conn = await Connection.open(gw.address)
+        try:
+            await conn.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n\r\n\r\n")
+            assert (await conn.read_response()).body == b"ok"
+            second = await conn.request(target="/second")
+            assert second.body == b"ok"
+        finally:
+            await conn.close()
+    assert [head.split(b" ")[1] for head in recorder.heads] == [b"/first", b"/second"]
+    assert all(b"\r\nX-Forwarded-For: 127.0.0.1\r\n" in head for head in recorder.heads)
+
+
 async def test_smuggling_shapes_never_reach_the_private_server(
     make_gateway: GatewayFactory, make_client: ClientFactory
 ) -> None:

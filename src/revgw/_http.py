@@ -218,7 +218,10 @@ class RequestReader:
             len(events) == 2
             and events[1] is END
             and self._begin_mark == 0
-            and data.endswith(b"\r\n\r\n")
+            # The read is the head and nothing else: its first empty line is its
+            # last bytes (empty lines after a request are skipped by the parser,
+            # and kept, they would end the head before the X-Forwarded-* lines).
+            and data.find(b"\r\n\r\n") == len(data) - 4
         ):
             head = events[0]
             if isinstance(head, RequestHead) and self._plain and data.startswith(head.method):
