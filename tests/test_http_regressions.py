@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from revgw._errors import BadRequest
 from revgw._http import EndOfMessage, RequestHead, RequestReader, ResponseReader, ResponseState
 
@@ -53,4 +55,33 @@ def test_close_caller_rewrites_only_the_final_head() -> None:
         b"HTTP/1.1 100 Continue\r\n\r\n"
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
     )
+    assert reader.state is ResponseState.DONE
+
+
+OK_KEEP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"
+OK_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("reads", "close_caller", "expected"),
+    [
+        ([b"\r\n\r\n" + OK_KEEP], False, OK_KEEP),
+        ([b"\r\n\r\n" + OK_KEEP], True, OK_CLOSE),
+        ([b"\r\n", b"\n" + OK_KEEP], True, OK_CLOSE),
+        ([b"\r\n", b"\r\n", OK_KEEP], True, OK_CLOSE),
+        ([CONTINUE + b"\r\n" + OK_KEEP], True, CONTINUE + OK_CLOSE),
+        ([CONTINUE, b"\r\n" + OK_KEEP], True, CONTINUE + OK_CLOSE),
+        ([b"\r\n" + CONTINUE + b"\r\n\r\n", OK_KEEP], False, CONTINUE + OK_KEEP),
+    ],
+    ids=["before", "before-closing", "split", "alone", "after-1xx", "after-1xx-split", "both"],
+)
+def test_empty_lines_before_a_status_line_are_not_passed_on(
+    reads: list[bytes], close_caller: bool, expected: bytes
+) -> None:
+    # The parser skips them; passed on, they came before the caller's status
+    # line, and the Connection: close rewrite cut the head in the wrong place.
+    reader = ResponseReader(b"GET", close_caller=close_caller)
+    out = b"".join(reader.feed(data) for data in reads)
+    assert out == expected
     assert reader.state is ResponseState.DONE

@@ -596,7 +596,7 @@ class ResponseReader:
             return b""
         if state is ResponseState.HEAD:
             # Kept whole until the final head is in; the callbacks read it.
-            self._held = self._held + data if self._held else data
+            self._held = self._held + data if self._held else _from_status_line(data)
         self._body_in_feed = 0
         self._garbage_in_feed = False
         try:
@@ -649,7 +649,7 @@ class ResponseReader:
         end = _head_end(self._held, self._interims)
         self._interims = 0
         out = self._held[:end]
-        self._held = self._held[end:]
+        self._held = _from_status_line(self._held[end:])
         return out
 
     def feed_eof(self) -> None:
@@ -681,7 +681,9 @@ class ResponseReader:
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
-        self._final_at = _head_end(self._held, self._interims) if self._interims else 0
+        if self._interims:
+            at = self._final_at = _head_end(self._held, self._interims)
+            self._held = self._held[:at] + _from_status_line(self._held[at:])
         self.state = ResponseState.DONE if self._is_head_request else ResponseState.BODY
 
     def _read_framing(self, head: bytes) -> None:
@@ -710,6 +712,16 @@ _CONNECTION_LINES = re.compile(rb"\r\n(?:connection|keep-alive)[ \t]*:[^\r\n]*",
 def _saying_close(head: bytes) -> bytes:
     """``head`` with its Connection and Keep-Alive headers replaced by ``Connection: close``."""
     return _CONNECTION_LINES.sub(b"", head[:-4]) + b"\r\nConnection: close\r\n\r\n"
+
+
+def _from_status_line(data: bytes) -> bytes:
+    """``data`` without the empty lines before a status line.
+
+    The parser skips them; passed on, they would come before the caller's
+    status line (and the Connection: close rewrite would look for the head in
+    the wrong place).
+    """
+    return data.lstrip(b"\r\n") if data and data[0] in (10, 13) else data  # CR, LF
 
 
 def _head_end(buffer: bytes, count: int) -> int:
