@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -256,3 +258,28 @@ class Recorder:
                 self.heads.append(head)
                 self.got_head.set()
                 await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, from below the kernel's ephemeral range.
+
+    Tests that close such a port and bind it again (a gateway restarted on it,
+    a TCP tunnel's port opened anew) must not find it taken meanwhile as the
+    local port of some outgoing connection, which one from that range can be.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            ephemeral = int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768  # Linux's default, and below most systems' ranges
+    for _ in range(100):  # bounded: a port that is taken is skipped
+        port = random.randrange(10_000, max(ephemeral, 10_001))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # all taken: let the kernel pick one
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -25,7 +25,7 @@ import anyio
 import pytest
 
 from conftest import TOKEN, ClientFactory, GatewayFactory
-from helpers import get
+from helpers import free_port, get
 from revgw import COMPILED, ClientSettings, Gateway, GatewaySettings, __version__
 from revgw._demo import DemoSettings
 from revgw_examples.producer import ProducerSettings
@@ -33,13 +33,6 @@ from revgw_examples.server import Server, ServerSettings
 
 STARTUP = 10  # seconds a process gets to say it is ready (interpreter start included)
 TIME = r"^\d\d:\d\d:\d\d\.\d{3}"  # every log line starts with the time of day
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -22,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from helpers import free_port
 
 docker = pytest.importorskip("docker")
 
@@ -76,13 +77,6 @@ def compose_command() -> list[str]:
         if probe.returncode == 0:
             return command
     pytest.skip(f"no Compose answers ({' or '.join(map(' '.join, candidates))}); {PREPARE}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def until(what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import TOKEN, GatewayFactory
-from helpers import get
+from helpers import free_port, get
 from revgw import Client, ClientSettings
 from revgw._client import resolve_gateways
 from revgw._errors import ConfigError
@@ -71,12 +70,6 @@ async def test_a_client_keeps_a_pool_at_every_gateway(
 
 
 # --- the real thing: processes, HAProxy, signals ----------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class GatewayProcess:

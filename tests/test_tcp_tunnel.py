@@ -7,7 +7,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,16 +15,11 @@ import anyio
 import pytest
 
 from conftest import TOKEN, GatewayFactory
+from helpers import free_port
 from revgw import AccessDenied, Client, Gateway
 from revgw._proxy_protocol import V2_SIGNATURE, proxy_header
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @asynccontextmanager
