@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import ClientFactory, GatewayFactory
 from helpers import Connection, Recorder, get, private_server
+from revgw import _http as http
 from revgw._errors import BadRequest, ConfigError, HTTPError
 from revgw._http import (
     Body,
@@ -228,6 +229,25 @@ def test_header_check_refuses_what_a_strict_parser_never_passes(
     for headers in ([(name, value)], [(b"Host", b"a"), (name, value), (b"X-B", b"c")]):
         with pytest.raises(BadRequest, match=says):
             check_headers(headers)
+
+
+def test_header_names_remembered_are_bounded_and_only_good_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A caller inventing names cannot grow the gateway's memory of them, nor slip one by."""
+    monkeypatch.setattr(http, "_NAMES", {})
+    monkeypatch.setattr(http, "MAX_NAMES", 10)
+    for number in range(50):
+        RequestReader().feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-%d: 1\r\n\r\n" % number)
+    long_name = b"X-" + b"n" * 100
+    RequestReader().feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + long_name + b": 1\r\n\r\n")
+    assert len(http._NAMES) == 10
+    assert long_name not in http._NAMES
+    for _ in range(2):  # refused each time, never remembered
+        with pytest.raises(BadRequest, match="invalid header name"):
+            check_headers([(b"Host", b"a"), (b"X A", b"b")])
+    assert b"X A" not in http._NAMES
+    assert http._NAMES[b"Host"] == b"host"  # what the reader makes of it
 
 
 def test_header_check_passes_good_headers() -> None:

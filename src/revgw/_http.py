@@ -284,7 +284,7 @@ class RequestReader:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        check_headers(self._headers)
+        check_values(self._headers)  # (and each name in the loop below: ``_name_kind``)
         parser = self._parser
         method: bytes = parser.get_method()
         if method == b"CONNECT":
@@ -298,8 +298,8 @@ class RequestReader:
         encodings: list[bytes] = []
         plain = True  # nothing to drop or rewrite but Connection: close|keep-alive
         for name, value in self._headers:
-            lower = name.lower()
-            if lower not in _NOTED:
+            lower = _name_kind(name)
+            if not lower:
                 continue
             if lower == b"host":
                 hosts.append(value)
@@ -364,30 +364,52 @@ def _without_line(head: bytes, name: bytes) -> bytes:
 
 
 def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
-    """Raise BadRequest unless every name is a token and no value holds CR, LF or NUL.
+    """Raise BadRequest unless every name is a token and no value holds CR, LF or NUL."""
+    for name, _ in headers:
+        _name_kind(name)
+    check_values(headers)
 
-    More than a few headers are checked all at once, names then values (split
-    and joined in C), which costs what two lines checked one by one cost: a
-    browser sends ten or more. Tokens joined are tokens only if each is one; a
-    bad byte in any value is one in the values joined.
+
+def check_values(headers: list[tuple[bytes, bytes]]) -> None:
+    """Raise BadRequest if a value holds CR, LF or NUL (the names: ``_name_kind``).
+
+    More than one value is checked all at once (joined in C): a bad byte in
+    any value is one in the values joined, and a browser sends ten or more.
     """
-    if len(headers) > 2:
-        names, values = zip(*headers, strict=True)
-        if (
-            all(names)
-            and _TOKEN.fullmatch(b"".join(names))
-            and not _BAD_VALUE_BYTES.search(b"".join(values))
-        ):
-            return
+    if len(headers) > 1 and not _BAD_VALUE_BYTES.search(b"".join([v for _, v in headers])):
+        return
     for name, value in headers:
-        if not _TOKEN.fullmatch(name):
-            # Whitespace before the colon, or a line folded onto the previous one.
-            raise BadRequest(f"invalid header name {name[:40]!r}")
         if _BAD_VALUE_BYTES.search(value):
             raise BadRequest(
                 f"header {name.decode('latin-1')} has a CR, LF or NUL in its value "
                 "(bare line ending or obs-fold)"
             )
+
+
+# Header names seen before, as they came, and what the reader makes of each:
+# its lowercase form if it is one of _NOTED, else b"". Being here means it was
+# checked to be a token. Clients send the same few names over and over, so a
+# lookup here saves a regex and a lowercasing per header. Bounded (a caller
+# may invent names): past MAX_NAMES, or longer than MAX_NAME_BYTES, a name is
+# checked every time, as before.
+_NAMES: dict[bytes, bytes] = {}
+MAX_NAMES = 4096
+MAX_NAME_BYTES = 64
+
+
+def _name_kind(name: bytes) -> bytes:
+    """What the reader makes of header ``name`` (see ``_NAMES``); BadRequest if no token."""
+    kind = _NAMES.get(name)
+    if kind is not None:
+        return kind
+    if not _TOKEN.fullmatch(name):
+        # Whitespace before the colon, or a line folded onto the previous one.
+        raise BadRequest(f"invalid header name {name[:40]!r}")
+    lower = name.lower()
+    kind = lower if lower in _NOTED else b""
+    if len(_NAMES) < MAX_NAMES and len(name) <= MAX_NAME_BYTES:
+        _NAMES[name] = kind
+    return kind
 
 
 def _framing(version: str, lengths: list[bytes], encodings: list[bytes]) -> tuple[bool, int | None]:
