@@ -42,6 +42,7 @@ from ._http import (
     error_response,
     render_request_head,
 )
+from ._public_port import set_on_listeners
 from ._splice import Splice
 
 if TYPE_CHECKING:
@@ -69,17 +70,7 @@ def cork_listeners(listeners: Sequence[socket.socket]) -> bool:
     before its first answer (``CallerConnection.write``). Never for TLS: its
     handshake is written before any protocol of ours could uncork.
     """
-    if TCP_CORK is None:
-        return False
-    try:
-        for listener in listeners:
-            listener.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 1)
-    except OSError:  # not TCP after all: leave every one as it was
-        for listener in listeners:
-            with contextlib.suppress(OSError):
-                listener.setsockopt(socket.IPPROTO_TCP, TCP_CORK, 0)
-        return False
-    return True
+    return set_on_listeners(listeners, TCP_CORK, 1)
 
 
 def uncork(transport: asyncio.BaseTransport) -> None:

@@ -36,7 +36,7 @@ import logging
 import os
 import select
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
@@ -414,7 +414,9 @@ class PublicPort:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.first_bytes = FirstBytes(self._loop)
-        self._deferring = _defer_accept(self.listeners, DEFER_SECONDS)
+        self._deferring = DEFER_SECONDS > 0 and set_on_listeners(
+            self.listeners, TCP_DEFER_ACCEPT, DEFER_SECONDS
+        )
         for listener in self.listeners:
             self._loop.add_reader(listener.fileno(), self.accept, listener)
 
@@ -480,7 +482,7 @@ class PublicPort:
         try:
             if self._deferring:
                 self._deferring = False
-                _defer_accept(self.listeners, 0)
+                set_on_listeners(self.listeners, TCP_DEFER_ACCEPT, 0)
                 ports = frozenset(listener.getsockname()[1] for listener in self.listeners)
                 if _kernel_holds(ports):  # (at once: nothing held is the common case)
                     with anyio.move_on_after(HAND_OVER_WAIT):
@@ -514,16 +516,23 @@ def _stop_watching(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     remove(fd)
 
 
-def _defer_accept(listeners: list[socket.socket], seconds: int) -> bool:
-    """Set TCP_DEFER_ACCEPT (0: off) on the listening sockets; True if it is on now."""
-    if TCP_DEFER_ACCEPT is None:
+def set_on_listeners(listeners: Sequence[socket.socket], option: int | None, value: int) -> bool:
+    """Set the TCP ``option`` to ``value`` on every listening socket, all or none.
+
+    False, with each left at 0 (the kernel's default), where the option does
+    not exist (None: not Linux) or a socket refuses it (not TCP after all).
+    """
+    if option is None:
         return False
-    done = False
-    for listener in listeners:
-        with contextlib.suppress(OSError):  # not TCP after all
-            listener.setsockopt(socket.IPPROTO_TCP, TCP_DEFER_ACCEPT, seconds)
-            done = True
-    return done and seconds > 0
+    try:
+        for listener in listeners:
+            listener.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        for listener in listeners:
+            with contextlib.suppress(OSError):
+                listener.setsockopt(socket.IPPROTO_TCP, option, 0)
+        return False
+    return True
 
 
 def _kernel_holds(ports: frozenset[int]) -> bool:
